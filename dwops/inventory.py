@@ -1,0 +1,288 @@
+"""The fleet as data: hosts, services, the commands each host allows, databases and AWS parts.
+
+One schema serves production (`inventory/production.toml`) and the lab (written by `dwops lab
+up`): code never hard-codes a hostname, port or command. `load_inventory` turns every problem in
+a file into one `InventoryError` naming the file, the entry and what is wrong.
+
+Commands are templates: `bin/restart-webs {delay}`. Only commands named here ever reach a remote
+shell, and every value filled into a template is validated and `shlex.quote`d first.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import string
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+HOST_NAME = r"^[a-z][a-z0-9-]{0,62}$"
+COMMAND_NAME = r"^[a-z][a-z0-9_]{0,62}$"
+
+INVENTORY_DIR = Path(__file__).resolve().parent.parent / "inventory"
+
+
+class InventoryError(ValueError):
+    """An inventory file that cannot be used, with the file, entry and problem named."""
+
+    def __init__(self, path: str | Path, problems: list[tuple[str, str]]):
+        self.path = str(path)
+        self.problems = problems
+        lines = [f"{self.path}: {entry or '(top level)'}: {problem}" for entry, problem in problems]
+        super().__init__("bad inventory\n  " + "\n  ".join(lines))
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SecretRef(Strict):
+    """Where a secret lives. Only the reference is data; the value is read when needed.
+
+    Exactly one of: `block` (a Prefect Secret block's name), `file` (a path readable only by the
+    operator), `env` (an environment variable of the worker).
+    """
+
+    block: str | None = None
+    file: str | None = None
+    env: str | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "SecretRef":
+        given = [k for k in ("block", "file", "env") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError("a secret reference takes exactly one of block, file or env")
+        return self
+
+    def describe(self) -> str:
+        if self.block:
+            return f"Prefect Secret block {self.block!r}"
+        if self.file:
+            return f"file {self.file}"
+        return f"environment variable {self.env}"
+
+
+class SshDefaults(Strict):
+    user: str = "root"
+    port: int = Field(22, ge=1, le=65535)
+    known_hosts: str = Field(description="known_hosts file: host keys are always verified")
+    client_key: SecretRef = Field(description="the private key dwops logs in with")
+    connect_timeout: float = Field(10.0, gt=0, le=120)
+    command_timeout: float = Field(600.0, gt=0, le=7200)
+    kex_algorithms: list[str] = Field(
+        default_factory=lambda: ["curve25519-sha256", "curve25519-sha256@libssh.org"],
+        description="preferred key exchange (OpenSSH's default sntrup761 costs twice the CPU)",
+    )
+
+
+CommandTemplate = Annotated[str, Field(min_length=1, max_length=500)]
+
+
+class Host(Strict):
+    address: str = Field(min_length=1, description="DNS name or IP address to reach the host at")
+    roles: list[str] = Field(default_factory=list)
+    ssh_user: str | None = None
+    ssh_port: int | None = Field(None, ge=1, le=65535)
+    commands: dict[str, CommandTemplate] = Field(
+        default_factory=dict, description="name -> command template this host allows"
+    )
+
+
+class Service(Strict):
+    """A daemon that runs on some hosts, with its port and the commands that manage it."""
+
+    hosts: list[str] = Field(min_length=1)
+    port: int | None = Field(None, ge=1, le=65535)
+    commands: dict[str, CommandTemplate] = Field(default_factory=dict)
+    health_path: str | None = None
+    kind: str | None = Field(None, description="implementation, e.g. gearman 'perl' or 'c'")
+
+
+class Database(Strict):
+    address: str
+    port: int = Field(3306, ge=1, le=65535)
+    user: str
+    password: SecretRef
+    schwartz_db: str = "dw_schwartz"
+    connect_timeout: float = Field(5.0, gt=0, le=60)
+    read_timeout: float = Field(10.0, gt=0, le=300)
+
+
+class Alb(Strict):
+    load_balancer: str
+    target_group: str = Field(description="target group name, resolved to its ARN at run time")
+    target_type: Literal["ip", "instance"] = "ip"
+    targets: dict[str, str] = Field(
+        description="web host -> its target id in the group (address for 'ip', instance id)"
+    )
+    target_port: int = Field(80, ge=1, le=65535)
+
+
+class Aws(Strict):
+    region: str = Field(pattern=r"^[a-z]{2}(-[a-z]+)+-\d$")
+    endpoint_url: str | None = Field(
+        None, description="only for a stand-in (the lab's moto server); production leaves it unset"
+    )
+    credentials: SecretRef | None = Field(
+        None, description="an AWS credentials ini file; production uses the instance role"
+    )
+    aurora_cluster: str
+    ses_region: str | None = None
+    ses_identity: str
+    cloudfront_distribution_id: str | None = None
+    cloudfront_alias: str | None = Field(
+        None, description="find the distribution by this alias when its id is not given"
+    )
+    waf_ip_set: str
+    waf_ip_set_id: str | None = None
+    waf_scope: Literal["REGIONAL", "CLOUDFRONT"] = "REGIONAL"
+    alb: Alb
+
+
+class Inventory(Strict):
+    name: str
+    description: str = ""
+    ssh: SshDefaults
+    commands: dict[str, CommandTemplate] = Field(
+        default_factory=dict, description="read-only commands every host allows"
+    )
+    hosts: dict[str, Host]
+    services: dict[str, Service]
+    database: Database
+    aws: Aws
+
+    @model_validator(mode="after")
+    def _cross_references(self) -> "Inventory":
+        problems: list[str] = []
+        for name in self.hosts:
+            if not re.match(HOST_NAME, name):
+                problems.append(f"hosts.{name}: not a valid host name ({HOST_NAME})")
+        for sname, service in self.services.items():
+            for h in service.hosts:
+                if h not in self.hosts:
+                    problems.append(f"services.{sname}.hosts: unknown host {h!r}")
+            for cname, template in service.commands.items():
+                problems += _template_problems(f"services.{sname}.commands.{cname}", cname, template)
+        for cname, template in self.commands.items():
+            problems += _template_problems(f"commands.{cname}", cname, template)
+        for hname, host in self.hosts.items():
+            for cname, template in host.commands.items():
+                problems += _template_problems(f"hosts.{hname}.commands.{cname}", cname, template)
+        for h in self.aws.alb.targets:
+            if h not in self.hosts:
+                problems.append(f"aws.alb.targets: unknown host {h!r}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    # -- questions the flows ask ---------------------------------------------------------------
+    def hosts_for(self, service: str) -> list[str]:
+        """The hosts a service runs on, in inventory order."""
+        return list(self.service(service).hosts)
+
+    def service(self, name: str) -> Service:
+        try:
+            return self.services[name]
+        except KeyError:
+            raise KeyError(f"inventory {self.name!r} has no service {name!r}") from None
+
+    def host(self, name: str) -> Host:
+        try:
+            return self.hosts[name]
+        except KeyError:
+            raise KeyError(f"inventory {self.name!r} has no host {name!r}") from None
+
+    def hosts_with_role(self, role: str) -> list[str]:
+        return [n for n, h in self.hosts.items() if role in h.roles]
+
+    def allowed_commands(self, host: str) -> dict[str, str]:
+        """Every command `host` allows: the fleet's, its own, and `SERVICE.NAME` for each service it runs."""
+        allowed = {**self.commands, **self.host(host).commands}
+        for sname, service in self.services.items():
+            if host in service.hosts:
+                allowed.update({f"{sname}.{c}": t for c, t in service.commands.items()})
+        return allowed
+
+    def command(self, host: str, name: str, **values: str | int | float) -> str:
+        """The shell command for `name` on `host`, with `values` quoted into its template.
+
+        Raises KeyError for a command the host does not allow and ValueError for missing or
+        unexpected values: nothing outside the inventory ever reaches a shell.
+        """
+        allowed = self.allowed_commands(host)
+        if name not in allowed:
+            raise KeyError(
+                f"{host} allows no command {name!r} (allowed: {', '.join(sorted(allowed)) or 'none'})"
+            )
+        template = allowed[name]
+        wanted = _placeholders(template)
+        if set(values) != wanted:
+            raise ValueError(
+                f"command {name!r} on {host} takes {sorted(wanted) or 'no values'}, got {sorted(values)}"
+            )
+        return template.format(**{k: shlex.quote(str(v)) for k, v in values.items()})
+
+    def ssh_target(self, host: str) -> tuple[str, int, str]:
+        """(address, port, user) to reach `host` over SSH."""
+        h = self.host(host)
+        return h.address, h.ssh_port or self.ssh.port, h.ssh_user or self.ssh.user
+
+
+def _placeholders(template: str) -> set[str]:
+    return {field for _, field, _, _ in string.Formatter().parse(template) if field is not None}
+
+
+def _template_problems(entry: str, name: str, template: str) -> list[str]:
+    problems = []
+    if not re.match(COMMAND_NAME, name):
+        problems.append(f"{entry}: command names are lower_snake_case")
+    try:
+        fields = _placeholders(template)
+    except ValueError as e:
+        return [f"{entry}: bad template {template!r}: {e}"]
+    for f in fields:
+        if not re.match(r"^[a-z_][a-z0-9_]*$", f):
+            problems.append(f"{entry}: placeholder {{{f}}} must be a plain name")
+    return problems
+
+
+def load_inventory(path: str | Path) -> Inventory:
+    """Read and validate an inventory TOML file, or raise InventoryError naming every problem."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise InventoryError(path, [("", "file not found")]) from None
+    except tomllib.TOMLDecodeError as e:
+        raise InventoryError(path, [("", f"not valid TOML: {e}")]) from None
+    try:
+        return Inventory.model_validate(data)
+    except ValidationError as e:
+        raise InventoryError(path, [p for err in e.errors() for p in _describe(err)]) from None
+
+
+def _describe(err: dict) -> list[tuple[str, str]]:
+    entry = ".".join(str(p) for p in err["loc"])
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key (a typo?)"
+    if not entry:  # cross-reference problems: "entry: problem; entry: problem"
+        return [tuple(p.split(": ", 1)) for p in msg.split("; ")]  # type: ignore[misc]
+    return [(entry, msg)]
+
+
+def resolve_inventory(name_or_path: str) -> Inventory:
+    """`lab` (the running lab's inventory), `production`, or a path to a TOML file."""
+    if name_or_path == "lab":
+        from lab.config import state_dir
+
+        path = state_dir() / "lab" / "inventory.toml"
+        if not path.exists():
+            raise InventoryError(path, [("", "the lab is not up: run `dwops lab up` first")])
+        return load_inventory(path)
+    if name_or_path == "production":
+        return load_inventory(INVENTORY_DIR / "production.toml")
+    return load_inventory(name_or_path)

@@ -1,0 +1,225 @@
+"""The lab hosts' own tools: init scripts and the admin hosts' bin/ commands.
+
+Each lab host's `etc/init.d/*` and `bin/*` are two-line shell scripts that call this module, so
+`ssh root@dfw-jobs01 etc/init.d/gearman-server restart` really stops and starts that host's
+gearmand. Output and exit codes follow init-script conventions (status: 0 running, 3 stopped).
+
+    python -m lab.ctl --config lab.json start|stop|restart|status SERVICE HOST [--no-wait]
+    python -m lab.ctl --config lab.json restart-jobs | restart-memcache | restart-ddlockd
+    python -m lab.ctl --config lab.json restart-webs [DELAY]
+    python -m lab.ctl --config lab.json importer-status
+    python -m lab.ctl --config lab.json ps HOST -- PS-ARGS...
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import threading
+import time
+
+from lab import procs, services
+from lab.config import LabConfig
+
+POSTFIX = "postfix"
+
+
+def start(cfg: LabConfig, name: str, host: str, *, wait: bool = True) -> int:
+    if name == POSTFIX:
+        from lab import mail
+
+        mail.start(cfg)
+        print(f"Starting Postfix Mail Transport Agent: postfix on {host}.")
+        return 0
+    d = services.find(cfg, name, host)
+    was = procs.read_pid(d.pidfile)
+    if was:
+        print(f"{name} on {host} is already running (pid {was}).")
+        return 0
+    env = dict(os.environ, **d.env)
+    pid = procs.start(d.argv, d.pidfile, d.logfile, cwd=d.cwd, env=env)
+    if wait and d.port and not procs.wait_port(d.address, d.port, d.start_timeout):
+        print(f"{name} on {host} (pid {pid}) is not answering on {d.address}:{d.port}; "
+              f"see {d.logfile}", file=sys.stderr)
+        return 1
+    print(f"Starting {name} on {host}: pid {pid}.")
+    return 0
+
+
+def stop(cfg: LabConfig, name: str, host: str) -> int:
+    if name == POSTFIX:
+        from lab import mail
+
+        mail.stop(cfg)
+        print(f"Stopping Postfix Mail Transport Agent: postfix on {host}.")
+        return 0
+    d = services.find(cfg, name, host)
+    pid = procs.stop(d.pidfile, grace=d.stop_grace)
+    print(f"Stopping {name} on {host}: " + (f"pid {pid} stopped." if pid else "not running."))
+    return 0
+
+
+def status(cfg: LabConfig, name: str, host: str) -> int:
+    if name == POSTFIX:
+        from lab import mail
+
+        pid = mail.is_running(cfg)
+    else:
+        pid = procs.read_pid(services.find(cfg, name, host).pidfile)
+    if pid:
+        print(f"{name} on {host} is running (pid {pid}).")
+        return 0
+    print(f"{name} on {host} is not running.")
+    return 3
+
+
+def restart(cfg: LabConfig, name: str, host: str, *, wait: bool = True) -> int:
+    stop(cfg, name, host)
+    return start(cfg, name, host, wait=wait)
+
+
+# -- dfw-admin01 and va-admin01 tools, as the production notes describe them -------------------
+
+def restart_jobs(cfg: LabConfig) -> int:
+    """bin/restart-jobs: restart the worker manager on every jobs host, one after the other."""
+    rc = 0
+    for h in cfg.hosts_with("jobs"):
+        rc |= restart(cfg, "dw-workers", h.name)
+    return rc
+
+
+def restart_memcache(cfg: LabConfig) -> int:
+    """bin/restart-memcache: restart every memcached node (all of them, as the old tool did)."""
+    rc = 0
+    for h in cfg.hosts_with("memcache"):
+        rc |= restart(cfg, "memcached", h.name)
+    return rc
+
+
+def restart_ddlockd(cfg: LabConfig) -> int:
+    """bin/restart-ddlockd: start ddlockd where it is down. It never stops a running one."""
+    rc = 0
+    for h in cfg.hosts_with("jobs"):
+        rc |= start(cfg, "ddlockd", h.name)
+    return rc
+
+
+def restart_webs(cfg: LabConfig, delay: float) -> int:
+    """bin/restart-webs DELAY: bounce each web, DELAY seconds apart; 0 bounces all at once."""
+    webs = [h.name for h in cfg.hosts_with("web")]
+    if delay == 0:
+        results: dict[str, int] = {}
+        threads = [threading.Thread(target=lambda w=w: results.__setitem__(w, restart(cfg, "apache2", w)))
+                   for w in webs]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return max(results.values(), default=0)
+    for i, w in enumerate(webs):
+        rc = restart(cfg, "apache2", w)
+        if rc:
+            return rc
+        if i < len(webs) - 1:
+            time.sleep(delay)
+    return 0
+
+
+def host_pids(cfg: LabConfig, host: str) -> set[int]:
+    """Every process that belongs to `host`: its daemons and all their descendants."""
+    roots = {pid for d in services.daemons(cfg) if d.host == host
+             if (pid := procs.read_pid(d.pidfile))}
+    if host == "dfw-mail01":
+        from lab import mail
+
+        if pid := mail.is_running(cfg):
+            roots.add(pid)
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    found, todo = set(), list(roots)
+    while todo:
+        pid = todo.pop()
+        if pid not in found:
+            found.add(pid)
+            todo.extend(children.get(pid, []))
+    return found
+
+
+def ps(cfg: LabConfig, host: str, args: list[str]) -> int:
+    """`ps` as seen on `host`: the real ps, showing only that host's processes."""
+    out = subprocess.run(["/bin/ps", *args], capture_output=True, text=True)
+    mine = host_pids(cfg, host)
+    lines = out.stdout.splitlines()
+    for n, line in enumerate(lines):
+        first = line.split(None, 1)[0] if line.strip() else ""
+        if not first.isdigit() or int(first) in mine:
+            print(line)
+    sys.stderr.write(out.stderr)
+    return out.returncode
+
+
+def importer_status(cfg: LabConfig) -> int:
+    """bin/importer-status: the `ps` lines of every content-importer on the jobs hosts."""
+    for h in cfg.hosts_with("jobs"):
+        mine = host_pids(cfg, h.name)
+        out = subprocess.run(["/bin/ps", "-eo", "pid,tty,stat,bsdtime,args", "--no-headers"],
+                             capture_output=True, text=True, check=True)
+        for line in out.stdout.splitlines():
+            fields = line.split(None, 4)
+            if len(fields) == 5 and int(fields[0]) in mine and fields[4].startswith("content-importer"):
+                print(line)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="lab.ctl")
+    ap.add_argument("--config", required=True)
+    ap.add_argument("action")
+    ap.add_argument("rest", nargs=argparse.REMAINDER)
+    a = ap.parse_args(argv)
+    cfg = LabConfig.load(a.config)
+    rest = [r for r in a.rest if r != "--no-wait"]
+    wait = "--no-wait" not in a.rest
+    try:
+        if a.action in ("start", "stop", "restart", "status"):
+            name, host = rest
+            if a.action == "start":
+                return start(cfg, name, host, wait=wait)
+            if a.action == "restart":
+                return restart(cfg, name, host, wait=wait)
+            return {"stop": stop, "status": status}[a.action](cfg, name, host)
+        if a.action == "restart-jobs":
+            return restart_jobs(cfg)
+        if a.action == "restart-memcache":
+            return restart_memcache(cfg)
+        if a.action == "restart-ddlockd":
+            return restart_ddlockd(cfg)
+        if a.action == "restart-webs":
+            delay = float(rest[0]) if rest else 5.0
+            if delay < 0:
+                print("restart-webs: DELAY must be 0 or more seconds", file=sys.stderr)
+                return 2
+            return restart_webs(cfg, delay)
+        if a.action == "importer-status":
+            return importer_status(cfg)
+        if a.action == "ps":
+            host, *args = rest
+            return ps(cfg, host, [x for x in args if x != "--"])
+    except (KeyError, ValueError) as e:
+        print(f"lab.ctl: {e}", file=sys.stderr)
+        return 2
+    print(f"lab.ctl: unknown action {a.action!r}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""SSH to the fleet (asyncssh): run a command the inventory allows, with host keys verified.
+
+The connection contract:
+- Host keys are always checked against the inventory's known_hosts; an unknown or changed key is
+  refused with `HostKeyRejected`, never accepted.
+- Every connection has a connect timeout and every command a run timeout.
+- `SshPool` reuses one connection per host for as long as it is open (one run), and closes them
+  all on exit. Connections never outlive the pool or cross event loops.
+- Only commands named in the inventory run (`Inventory.command`), their values shell-quoted.
+- `SshUnavailable` marks transient trouble (refused, reset, timed out): safe to retry a read.
+  `HostKeyRejected` and `SshAuthFailed` are not transient.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+import asyncssh
+
+from dwops.inventory import Inventory
+from dwops.secrets import read_secret
+
+
+class SshError(RuntimeError):
+    def __init__(self, host: str, message: str):
+        self.host = host
+        super().__init__(f"{host}: {message}")
+
+
+class SshUnavailable(SshError):
+    """The host did not answer, refused, or dropped the connection: transient."""
+
+
+class HostKeyRejected(SshError):
+    """The host's key is unknown or changed: never connect."""
+
+
+class SshAuthFailed(SshError):
+    """The host refused our key."""
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    host: str
+    command: str
+    exit_status: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_status == 0
+
+
+class SshPool:
+    """Connections to an inventory's hosts, opened on first use and closed on exit."""
+
+    def __init__(self, inventory: Inventory):
+        self.inventory = inventory
+        self._conns: dict[str, asyncssh.SSHClientConnection] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._key: asyncssh.SSHKey | None = None
+
+    async def __aenter__(self) -> "SshPool":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        conns, self._conns = list(self._conns.values()), {}
+        for conn in conns:
+            conn.close()
+        for conn in conns:
+            try:
+                await asyncio.wait_for(conn.wait_closed(), 5)
+            except (asyncio.TimeoutError, OSError):
+                pass
+
+    def _client_key(self) -> asyncssh.SSHKey:
+        if self._key is None:
+            self._key = asyncssh.import_private_key(read_secret(self.inventory.ssh.client_key))
+        return self._key
+
+    async def connection(self, host: str) -> asyncssh.SSHClientConnection:
+        lock = self._locks.setdefault(host, asyncio.Lock())
+        async with lock:
+            conn = self._conns.get(host)
+            if conn is not None and not conn.is_closed():
+                return conn
+            conn = await self._connect(host)
+            self._conns[host] = conn
+            return conn
+
+    async def _connect(self, host: str) -> asyncssh.SSHClientConnection:
+        address, port, user = self.inventory.ssh_target(host)
+        ssh = self.inventory.ssh
+        try:
+            return await asyncssh.connect(
+                address, port, username=user,
+                client_keys=[self._client_key()],
+                known_hosts=ssh.known_hosts,
+                connect_timeout=ssh.connect_timeout,
+                kex_algs=ssh.kex_algorithms,
+                agent_path=None, config=[], preferred_auth="publickey",
+            )
+        except asyncssh.HostKeyNotVerifiable as e:
+            raise HostKeyRejected(host, f"host key not verified against {ssh.known_hosts} "
+                                        f"({e.reason}); refusing to connect") from None
+        except asyncssh.PermissionDenied:
+            raise SshAuthFailed(host, f"{user}@{address}:{port} refused our key") from None
+        except (OSError, asyncio.TimeoutError, asyncssh.DisconnectError) as e:
+            raise SshUnavailable(host, f"cannot connect to {address}:{port}: "
+                                       f"{type(e).__name__}: {e}") from None
+
+    async def run(self, host: str, name: str, *, timeout: float | None = None,
+                  **values: str | int | float) -> CommandResult:
+        """Run the inventory's command `name` on `host`; a non-zero exit is a result, not an error."""
+        command = self.inventory.command(host, name, **values)
+        timeout = timeout or self.inventory.ssh.command_timeout
+        conn = await self.connection(host)
+        started = time.monotonic()
+        try:
+            done = await conn.run(command, check=False, timeout=timeout)
+        except asyncssh.TimeoutError:
+            raise SshUnavailable(host, f"{name!r} did not finish within {timeout:g} s") from None
+        except (OSError, asyncssh.DisconnectError, asyncssh.ChannelOpenError) as e:
+            self._conns.pop(host, None)
+            raise SshUnavailable(host, f"connection lost running {name!r}: {e}") from None
+        return CommandResult(
+            host=host, command=command,
+            exit_status=done.exit_status if done.exit_status is not None else -1,
+            stdout=str(done.stdout or ""), stderr=str(done.stderr or ""),
+            seconds=time.monotonic() - started,
+        )
+
+    async def run_everywhere(self, hosts: list[str], name: str, **values: str | int | float
+                             ) -> dict[str, CommandResult | SshError]:
+        """Run `name` on every host at once; each host's result or error, none hiding another."""
+        results = await asyncio.gather(*(self.run(h, name, **values) for h in hosts),
+                                       return_exceptions=True)
+        out: dict[str, CommandResult | SshError] = {}
+        for host, r in zip(hosts, results):
+            if isinstance(r, BaseException) and not isinstance(r, SshError):
+                r = SshError(host, f"{type(r).__name__}: {r}")
+            out[host] = r  # type: ignore[assignment]
+        return out
