@@ -77,10 +77,9 @@ def _print_status(st: dict) -> None:
     console.print(f"known_hosts {st['known_hosts']}")
     console.print(f"client key  {st['client_key']}")
     console.print(f"AWS         {st['aws_endpoint']}  database {st['database']['dsn']}")
-    traffic = st["counters"].get("traffic", {})
-    if traffic:
-        console.print(f"traffic     {traffic.get('requests', 0)} requests, "
-                      f"{traffic.get('failures', 0)} failed")
+    totals = st["counters"].get("traffic", {}).get("totals")
+    if totals:
+        console.print(f"traffic     {totals['requests']} requests, {totals['failures']} failed")
 
 
 if __name__ == "__main__":

@@ -171,7 +171,7 @@ def importer_status(cfg: LabConfig) -> int:
     """bin/importer-status: the `ps` lines of every content-importer on the jobs hosts."""
     for h in cfg.hosts_with("jobs"):
         mine = host_pids(cfg, h.name)
-        out = subprocess.run(["/bin/ps", "-eo", "pid,tty,stat,bsdtime,args", "--no-headers"],
+        out = subprocess.run(["/bin/ps", "-ww", "-eo", "pid,tty,stat,bsdtime,args", "--no-headers"],
                              capture_output=True, text=True, check=True)
         for line in out.stdout.splitlines():
             fields = line.split(None, 4)

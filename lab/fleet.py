@@ -123,6 +123,8 @@ def bootstrap_databases(cfg: LabConfig, say: Say) -> None:
 
 def write_inventory(cfg: LabConfig) -> Path:
     """The lab's inventory: production's schema, the lab's addresses, keys and commands."""
+    from lab import aws as aws_mod
+
     ssh = hostfiles.ssh_paths(cfg)
     p = cfg.ports
     lines = [
@@ -173,7 +175,7 @@ def write_inventory(cfg: LabConfig) -> Path:
                                            for a in ("start", "stop", "restart", "status")},
             kind="perl")
     service("ddlockd", "jobs", p.ddlockd, {a: f"etc/init.d/ddlockd {a}" for a in ("start", "status")})
-    service("workers", "jobs", None, {"ps": "ps -eo pid,tty,stat,bsdtime,args",
+    service("workers", "jobs", None, {"ps": "ps -ww -eo pid,tty,stat,bsdtime,args",
                                       "status": "etc/init.d/dw-workers status"})
     service("memcached", "memcache", p.memcached, {a: f"etc/init.d/memcached {a}"
                                                    for a in ("restart", "status")})
@@ -197,7 +199,7 @@ def write_inventory(cfg: LabConfig) -> Path:
         f'cloudfront_distribution_id = "{a.cloudfront_distribution_id}"',
         f'waf_ip_set = "{a.waf_ip_set}"',
         f'waf_ip_set_id = "{a.waf_ip_set_id}"',
-        'waf_scope = "REGIONAL"',
+        f'waf_scope = "{aws_mod.WAF_SCOPE}"',
         "",
         "[aws.alb]",
         f'load_balancer = "{a.load_balancer}"',

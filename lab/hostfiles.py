@@ -134,8 +134,9 @@ def write_host_tools(cfg: LabConfig) -> None:
                                                          host=h.name), 0o755)
             _script(cfg, init / "dw-workers", "worker-manager init script",
                     f'"$1" dw-workers {h.name}')
-            _write(root / "etc" / "workers.conf", WORKERS_CONF.format(
-                importers=cfg.workload.importers_per_host))
+            from lab.workers import write_workers_conf
+
+            write_workers_conf(cfg, h.name)
         if "memcache" in h.roles:
             _script(cfg, init / "memcached", "memcached init script", f'"$1" memcached {h.name}')
         if "mail" in h.roles:
@@ -164,11 +165,4 @@ case "$1" in
         echo "Usage: $0 {{start|status|stop}} (ddlockd is never restarted: it would drop every lock)" >&2
         exit 2 ;;
 esac
-"""
-
-# Dreamwidth's etc/workers.conf: process counts per worker, for all hosts or one short host name.
-WORKERS_CONF = """all:
-  content-importer: {importers}
-  send-email: 1
-  esn-process: 1
 """
