@@ -18,7 +18,7 @@ def lab() -> LabConfig:
     from lab import fleet
 
     try:
-        st = fleet.status()
+        st = fleet.wait_until_up(timeout=30)  # a service a test is restarting comes back
     except FileNotFoundError as e:
         pytest.fail(f"{e}: run scripts/test (or `dwops lab up`) first", pytrace=False)
     down = [f"{s['name']}@{s['host']}" for s in st["services"] if not s["up"]]
