@@ -136,7 +136,7 @@ def write_host_tools(cfg: LabConfig) -> None:
                     f'"$1" dw-workers {h.name}')
             from lab.workers import write_workers_conf
 
-            write_workers_conf(cfg, h.name)
+            write_workers_conf(cfg, h.name, force=True)
         if "memcache" in h.roles:
             _script(cfg, init / "memcached", "memcached init script", f'"$1" memcached {h.name}')
         if "mail" in h.roles:
