@@ -514,7 +514,9 @@ def test_master_cf_keeps_debians_layout_without_chroot() -> None:
 
 
 def test_saved_postqueue_outputs_parse() -> None:
-    messages = lab_mail.parse_postqueue_json((FIXTURES / "postqueue-j.txt").read_text())
+    from tasks.mail import parse_postqueue_json
+
+    messages = parse_postqueue_json((FIXTURES / "postqueue-j.txt").read_text())
     assert messages and all(m.queue_name == "deferred" for m in messages)
     assert all("Connection refused" in (r.delay_reason or "") for m in messages
                for r in m.recipients)
