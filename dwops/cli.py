@@ -17,6 +17,55 @@ app.add_typer(lab_app, name="lab")
 console = Console()
 err = Console(stderr=True)
 
+VERDICT_STYLE = {"OK": "green", "WARN": "yellow", "CRIT": "bold red"}
+
+
+@app.command("status")
+def status(
+    inventory: str = typer.Option("lab", "--inventory", "-i",
+                                  help="lab, production, or the path of an inventory file"),
+    as_json: bool = typer.Option(False, "--json", help="one object per check, for tools"),
+) -> None:
+    """Read every system of the fleet and judge it (the fleet-status flow). Exit 1 on CRIT."""
+    from dwops.settings import use_project_prefect
+
+    use_project_prefect()
+    from dwops.inventory import InventoryError
+    from flows.fleet_status import FleetCritical, FleetStatusParams, fleet_status
+
+    try:
+        params = FleetStatusParams(inventory=inventory)
+        import asyncio
+
+        state = asyncio.run(fleet_status(params, return_state=True))
+        outcome = state.result(raise_on_failure=False)
+    except InventoryError as e:
+        err.print(f"[red]{e}[/]")
+        raise typer.Exit(2) from None
+    if isinstance(outcome, FleetCritical):
+        report = outcome.report.as_dict()
+    elif isinstance(outcome, BaseException):
+        err.print(f"[red]fleet-status failed:[/] {outcome}")
+        raise typer.Exit(2)
+    else:
+        report = outcome
+    if as_json:
+        sys.stdout.write(json.dumps(report, indent=2, default=str) + "\n")
+    else:
+        table = Table(title=f"fleet status: {report['inventory']}")
+        for col in ("verdict", "system", "host", "reason"):
+            table.add_column(col)
+        order = {"CRIT": 0, "WARN": 1, "OK": 2}
+        for c in sorted(report["checks"], key=lambda c: (order[c["verdict"]], c["system"], c["host"])):
+            v = c["verdict"]
+            table.add_row(f"[{VERDICT_STYLE[v]}]{v}[/]", c["system"], c["host"], c["reason"])
+        console.print(table)
+        n = report["counts"]
+        console.print(f"{report['verdict']}: {n['OK']} ok, {n['WARN']} warn, {n['CRIT']} crit "
+                      f"in {report['seconds']} s")
+    if report["verdict"] == "CRIT":
+        raise typer.Exit(1)
+
 
 @lab_app.command("up")
 def lab_up() -> None:

@@ -18,7 +18,7 @@ Locks belong to the TCP connection that took them: closing it releases them all,
 `DdlockdConnection` holds its locks for as long as it stays open.
 
 Pure parsers (`parse_*`) are kept apart from the I/O (`read_*`, `DdlockdConnection`). Every network
-call has an explicit timeout. No Prefect import here: tasks wrap these elsewhere.
+call has an explicit timeout. `check_ddlockd` is the fleet-status task.
 """
 
 from __future__ import annotations
@@ -27,6 +27,13 @@ import asyncio
 import os
 import re
 from dataclasses import dataclass
+
+from prefect import task
+
+from dwops.errors import Unavailable
+from dwops.health import Check, Thresholds, Verdict, unreachable
+from dwops.inventory import Inventory
+from tasks.common import READ, per_host
 from types import TracebackType
 
 DEFAULT_PORT = 7002
@@ -36,14 +43,13 @@ _READ_LIMIT = 1 << 22  # longest reply we accept (a `locks` listing grows with e
 _UNRESERVED = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_,.\\: -")
 
 
-class DdlockdUnavailable(Exception):
+class DdlockdUnavailable(Unavailable):
     """ddlockd could not be reached or stopped answering (refused, reset, timed out)."""
 
     def __init__(self, address: str, port: int, reason: str) -> None:
-        super().__init__(f"ddlockd {address}:{port} unavailable: {reason}")
+        super().__init__(f"ddlockd {address}:{port}", reason)
         self.address = address
         self.port = port
-        self.reason = reason
 
 
 class DdlockdProtocolError(Exception):
@@ -297,3 +303,25 @@ class DdlockdConnection:
         header = await self.command("locks", until=b"LOCKS:\n")
         rest = await self.command("noop", until=b"OK \r\n")
         return parse_ddlockd_locks(header + rest)
+
+
+# -- judging and the fleet-status task --------------------------------------------------------------
+
+def judge_ddlockd(host: str, reading: "DdlockdStatus | Unavailable") -> Check:
+    """Down is CRIT: nothing can take a lock. (It is only ever started, never restarted.)"""
+    if isinstance(reading, Unavailable):
+        return unreachable("ddlockd", host, reading.reason)
+    figures = {"successes": reading.successes, "failures": reading.failures,
+               "runtime": reading.runtime, "load": reading.load}
+    return Check("ddlockd", host, Verdict.OK,
+                 f"up {reading.runtime} s, {reading.successes} locks granted, "
+                 f"{reading.failures} refused", figures)
+
+
+@task(name="check-ddlockd", **READ)
+async def check_ddlockd(inventory: Inventory, thresholds: Thresholds) -> list[Check]:
+    """Read `status` from every ddlockd of the inventory and judge each. Read-only."""
+    service = inventory.service("ddlockd")
+    readings = await per_host(service.hosts, lambda h: read_ddlockd_status(
+        inventory.host(h).address, service.port or 7002))
+    return [judge_ddlockd(h, r) for h, r in readings.items()]

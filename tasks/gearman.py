@@ -13,8 +13,8 @@ Dreamwidth ran the Perl job server (Gearman::Server 1.130.1, `/usr/bin/gearmand`
 - `version` -> C `OK 1.1.20+ds\\n`, Perl `v1.130.1\\n`.
 - Errors: `ERR CODE TEXT\\r\\n` (Perl `ERR unknown_command \\r\\n`, C `ERR UNKNOWN_COMMAND ...`).
 
-Pure parsers (`parse_*`) are kept apart from the reads (`read_*`). Every read has an explicit
-timeout. No Prefect import here: tasks wrap these elsewhere.
+Pure parsers (`parse_*`) are kept apart from the reads (`read_*`) and the judge; every read has
+an explicit timeout. `check_gearman` is the fleet-status task.
 """
 
 from __future__ import annotations
@@ -23,18 +23,24 @@ import asyncio
 import os
 from dataclasses import dataclass
 
+from prefect import task
+
+from dwops.errors import Unavailable
+from dwops.health import Check, Thresholds, Verdict, unreachable
+from dwops.inventory import Inventory
+from tasks.common import READ, per_host
+
 DEFAULT_PORT = 7003  # Dreamwidth's; gearmand's own default is 4730
 _READ_LIMIT = 1 << 22  # longest reply we accept (one row per function or connection)
 
 
-class GearmanUnavailable(Exception):
+class GearmanUnavailable(Unavailable):
     """A job server could not be reached or stopped answering (refused, reset, timed out)."""
 
     def __init__(self, address: str, port: int, reason: str) -> None:
-        super().__init__(f"gearmand {address}:{port} unavailable: {reason}")
+        super().__init__(f"gearmand {address}:{port}", reason)
         self.address = address
         self.port = port
-        self.reason = reason
 
 
 class GearmanProtocolError(Exception):
@@ -197,3 +203,46 @@ async def read_gearman_version(
     """Read which job server runs and its version (admin `version`). Read-only: safe to retry."""
     reply = await _admin_command(address, port, "version", multiline=False, timeout=timeout)
     return parse_gearman_version(reply)
+
+
+# -- judging and the fleet-status task --------------------------------------------------------------
+
+@dataclass(frozen=True)
+class GearmanReading:
+    version: GearmanVersion
+    queues: list[QueueDepth]
+
+
+async def read_gearman(address: str, port: int, timeout: float = 3.0) -> GearmanReading:
+    """`version` and `status` of one job server. Read-only; safe to retry."""
+    version = await read_gearman_version(address, port, timeout)
+    return GearmanReading(version, await read_gearman_status(address, port, timeout))
+
+
+def judge_gearman(host: str, reading: "GearmanReading | Unavailable", waiting_warn: int) -> Check:
+    """Down is CRIT (the notes: "if this goes down, it should be started back up"); a function
+    with jobs waiting and no worker, or a deep queue, is WARN."""
+    if isinstance(reading, Unavailable):
+        return unreachable("gearman", host, reading.reason)
+    waiting = sum(q.waiting for q in reading.queues)
+    orphaned = [q.function for q in reading.queues if q.waiting and not q.workers]
+    figures = {"server": f"{reading.version.kind} {reading.version.version}", "waiting": waiting,
+               "functions": {q.function: {"total": q.total, "running": q.running,
+                                          "workers": q.workers} for q in reading.queues}}
+    if orphaned:
+        return Check("gearman", host, Verdict.WARN,
+                     f"jobs waiting with no worker: {', '.join(orphaned)}", figures)
+    if waiting >= waiting_warn:
+        return Check("gearman", host, Verdict.WARN, f"{waiting} jobs waiting", figures)
+    return Check("gearman", host, Verdict.OK,
+                 f"up ({figures['server']}), {len(reading.queues)} functions, {waiting} waiting",
+                 figures)
+
+
+@task(name="check-gearman", **READ)
+async def check_gearman(inventory: Inventory, thresholds: Thresholds) -> list[Check]:
+    """Read every gearman job server of the inventory and judge each. Read-only."""
+    service = inventory.service("gearman")
+    readings = await per_host(service.hosts, lambda h: read_gearman(
+        inventory.host(h).address, service.port or DEFAULT_PORT))
+    return [judge_gearman(h, r, thresholds.gearman_waiting_warn) for h, r in readings.items()]

@@ -6,17 +6,25 @@ has none by default.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from pymemcache.client.base import Client
 from pymemcache.exceptions import MemcacheError
 
+from prefect import task
 
-class MemcacheUnavailable(RuntimeError):
+from dwops.errors import Unavailable
+from dwops.health import Check, Thresholds, Verdict, unreachable
+from dwops.inventory import Inventory
+from tasks.common import READ, per_host
+
+
+class MemcacheUnavailable(Unavailable):
     def __init__(self, address: str, port: int, reason: str):
-        self.address, self.port, self.reason = address, port, reason
-        super().__init__(f"memcached {address}:{port} unavailable: {reason}")
+        super().__init__(f"memcached {address}:{port}", reason)
+        self.address, self.port = address, port
 
 
 @dataclass(frozen=True)
@@ -79,3 +87,61 @@ def read_memcache_stats(address: str, port: int, timeout: float = 2.0) -> Memcac
         raise MemcacheUnavailable(address, port, f"{type(e).__name__}: {e}") from None
     finally:
         client.close()
+
+
+# -- judging and the fleet-status task --------------------------------------------------------------
+
+@dataclass(frozen=True)
+class MemcacheSamples:
+    """Two `stats` samples of one node, `seconds` apart."""
+
+    before: MemcacheStats
+    after: MemcacheStats
+    seconds: float
+
+
+async def read_memcache_samples(address: str, port: int, window: float = 1.0,
+                                timeout: float = 2.0) -> MemcacheSamples:
+    """Two `stats` reads `window` seconds apart. Read-only; safe to retry."""
+    before = await asyncio.to_thread(read_memcache_stats, address, port, timeout)
+    await asyncio.sleep(window)
+    after = await asyncio.to_thread(read_memcache_stats, address, port, timeout)
+    return MemcacheSamples(before, after, window)
+
+
+def judge_memcache(host: str, reading: "MemcacheSamples | Unavailable", t: Thresholds) -> Check:
+    """Down is CRIT (every read falls through to the databases). A cold node (recently
+    restarted), a low hit ratio over the window, or a nearly full node evicting items is WARN."""
+    if isinstance(reading, Unavailable):
+        return unreachable("memcached", host, reading.reason)
+    a, b = reading.before, reading.after
+    ratio = hit_ratio_between(a, b)
+    figures = {"uptime": b.uptime, "connections": b.curr_connections, "items": b.curr_items,
+               "bytes": b.bytes, "fill_ratio": round(b.fill_ratio, 4), "evictions": b.evictions,
+               "hit_ratio": None if ratio is None else round(ratio, 4),
+               "gets_per_second": round((b.cmd_get - a.cmd_get) / reading.seconds, 1)
+               if not restarted_between(a, b) else None}
+    if restarted_between(a, b):
+        return Check("memcached", host, Verdict.WARN, "restarted while being read", figures)
+    if b.uptime < t.memcache_warm_seconds:
+        return Check("memcached", host, Verdict.WARN,
+                     f"restarted {b.uptime} s ago: cache still cold", figures)
+    if ratio is not None and ratio < t.memcache_hit_ratio_warn:
+        return Check("memcached", host, Verdict.WARN, f"hit ratio {ratio:.0%} over the last "
+                     f"{reading.seconds:g} s (warn below {t.memcache_hit_ratio_warn:.0%})", figures)
+    if b.fill_ratio >= t.memcache_fill_warn and b.evictions > a.evictions:
+        return Check("memcached", host, Verdict.WARN,
+                     f"{b.fill_ratio:.0%} full and evicting", figures)
+    hit = "no gets" if ratio is None else f"hit ratio {ratio:.0%}"
+    return Check("memcached", host, Verdict.OK,
+                 f"up {b.uptime} s, {b.curr_items} items, {hit}", figures)
+
+
+@task(name="check-memcached", **READ)
+async def check_memcached(inventory: Inventory, thresholds: Thresholds,
+                          window: float = 1.0) -> list[Check]:
+    """Sample every memcached node twice, `window` s apart, and judge each. Read-only."""
+    service = inventory.service("memcached")
+    readings = await per_host(service.hosts, lambda h: read_memcache_samples(
+        inventory.host(h).address, service.port or 11211, window))
+    return [judge_memcache(h, r, thresholds) for h, r in readings.items()]

@@ -4,8 +4,9 @@ The connection contract:
 - Host keys are always checked against the inventory's known_hosts; an unknown or changed key is
   refused with `HostKeyRejected`, never accepted.
 - Every connection has a connect timeout and every command a run timeout.
-- `SshPool` reuses one connection per host for as long as it is open (one run), and closes them
-  all on exit. Connections never outlive the pool or cross event loops.
+- `SshPool` reuses one connection per host for as long as it is open, and closes them all on exit.
+  A flow opens one for its whole run with `ssh_session`; tasks get it through `ssh_pool`.
+  Connections never outlive the pool or cross event loops.
 - Only commands named in the inventory run (`Inventory.command`), their values shell-quoted.
 - `SshUnavailable` marks transient trouble (refused, reset, timed out): safe to retry a read.
   `HostKeyRejected` and `SshAuthFailed` are not transient.
@@ -15,10 +16,18 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import asyncssh
 
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from dwops.errors import Unavailable
+from dwops.health import Check, Thresholds, Verdict, unreachable
 from dwops.inventory import Inventory
 from dwops.secrets import read_secret
 
@@ -26,11 +35,15 @@ from dwops.secrets import read_secret
 class SshError(RuntimeError):
     def __init__(self, host: str, message: str):
         self.host = host
-        super().__init__(f"{host}: {message}")
+        RuntimeError.__init__(self, f"{host}: {message}")
 
 
-class SshUnavailable(SshError):
+class SshUnavailable(SshError, Unavailable):
     """The host did not answer, refused, or dropped the connection: transient."""
+
+    def __init__(self, host: str, message: str):
+        SshError.__init__(self, host, message)
+        self.target, self.reason = host, message
 
 
 class HostKeyRejected(SshError):
@@ -55,11 +68,45 @@ class CommandResult:
         return self.exit_status == 0
 
 
+_RUN_POOL: ContextVar["SshPool | None"] = ContextVar("dwops_ssh_pool", default=None)
+
+
+@asynccontextmanager
+async def ssh_session(inventory: Inventory) -> AsyncIterator["SshPool"]:
+    """One connection per host for everything run inside (a flow run), closed at the end.
+
+    Tasks find it through `ssh_pool`; no live connection is ever passed as a parameter.
+    """
+    pool = SshPool(inventory)
+    token = _RUN_POOL.set(pool)
+    try:
+        yield pool
+    finally:
+        _RUN_POOL.reset(token)
+        await pool.close()
+
+
+@asynccontextmanager
+async def ssh_pool(inventory: Inventory) -> AsyncIterator["SshPool"]:
+    """The run's pool when there is one for this inventory on this event loop, else a new one
+    closed on exit."""
+    pool = _RUN_POOL.get()
+    if pool is not None and pool.inventory == inventory and pool.loop is asyncio.get_running_loop():
+        yield pool
+        return
+    async with SshPool(inventory) as own:
+        yield own
+
+
 class SshPool:
     """Connections to an inventory's hosts, opened on first use and closed on exit."""
 
     def __init__(self, inventory: Inventory):
         self.inventory = inventory
+        try:
+            self.loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            self.loop = None
         self._conns: dict[str, asyncssh.SSHClientConnection] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._key: asyncssh.SSHKey | None = None
@@ -148,3 +195,25 @@ class SshPool:
                 r = SshError(host, f"{type(r).__name__}: {r}")
             out[host] = r  # type: ignore[assignment]
         return out
+
+
+# -- the fleet-status task ----------------------------------------------------------------------------
+
+def judge_login(host: str, result: "CommandResult | SshError") -> Check:
+    """A host we cannot log in to is CRIT: no runbook step can reach it."""
+    if isinstance(result, SshError):
+        return unreachable("ssh", host, str(result).removeprefix(f"{host}: "))
+    if not result.ok or result.stdout.strip() != host.split(".")[0]:
+        return Check("ssh", host, Verdict.WARN,
+                     f"logged in, but `hostname` said {result.stdout.strip()!r} "
+                     f"(exit {result.exit_status})", {"seconds": round(result.seconds, 3)})
+    return Check("ssh", host, Verdict.OK, "login ok, host key verified",
+                 {"seconds": round(result.seconds, 3)})
+
+
+@task(name="check-ssh", cache_policy=NO_CACHE)
+async def check_ssh(inventory: Inventory, thresholds: Thresholds) -> list[Check]:
+    """Log in to every host (host key verified) and run `hostname`. Read-only."""
+    async with ssh_pool(inventory) as pool:
+        results = await pool.run_everywhere(list(inventory.hosts), "hostname")
+    return [judge_login(h, r) for h, r in results.items()]
