@@ -80,7 +80,10 @@ def daemons(cfg: LabConfig) -> list[Daemon]:
                                 "-u", "root", "-m", "64", "-c", "1024"],
           address=h.address, port=p.memcached)
     for h in cfg.hosts_with("jobs"):
-        d("gearman", h.name, ["/usr/bin/gearmand", "--listen", h.address, "--port", str(p.gearman)],
+        # The real Perl gearmand, kept from opening its stray all-interfaces listener.
+        d("gearman", h.name, ["/usr/bin/perl", "-I", str(Path(__file__).parent / "perl"),
+                              "-MDwopsLabLoopback", "/usr/bin/gearmand",
+                              "--listen", h.address, "--port", str(p.gearman)],
           address=h.address, port=p.gearman)
         d("ddlockd", h.name, [py, "-m", "lab.ddlockd", "--listen", h.address, "--port", str(p.ddlockd)],
           address=h.address, port=p.ddlockd)

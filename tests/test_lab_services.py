@@ -120,3 +120,51 @@ def test_dwops_database_user_can_only_read_theschwartz(lab: LabConfig, lab_inven
         capture_output=True, text=True, timeout=30)
     assert out.returncode != 0 and "DELETE command denied" in out.stderr
     assert out.stdout.strip().isdigit()
+
+
+def _listening_sockets() -> dict[str, str]:
+    """inode -> 'address:port' of every listening TCP socket (IPv4 and IPv6)."""
+    import ipaddress
+
+    found = {}
+    for table, size in (("/proc/net/tcp", 4), ("/proc/net/tcp6", 16)):
+        for line in Path(table).read_text().splitlines()[1:]:
+            f = line.split()
+            if f[3] != "0A":  # LISTEN
+                continue
+            hex_ip, hex_port = f[1].split(":")
+            raw_ip = bytes.fromhex(hex_ip)
+            # /proc prints each 32-bit word in host (little-endian) order.
+            raw_ip = b"".join(raw_ip[i:i + 4][::-1] for i in range(0, size, 4))
+            ip = ipaddress.ip_address(raw_ip)
+            found[f[9]] = f"{ip}:{int(hex_port, 16)}"
+    return found
+
+
+def test_every_lab_process_listens_on_loopback_only(lab: LabConfig):
+    from lab import ctl, procs
+
+    pids = set(procs.processes_under(str(lab.lab_dir)))
+    for h in lab.hosts:
+        pids |= ctl.host_pids(lab, h.name)
+    sockets = _listening_sockets()
+    listening: dict[int, list[str]] = {}
+    for pid in pids:
+        try:
+            fds = list(Path(f"/proc/{pid}/fd").iterdir())
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = fd.readlink().name
+            except OSError:
+                continue
+            if target.startswith("socket:[") and target[8:-1] in sockets:
+                listening.setdefault(pid, []).append(sockets[target[8:-1]])
+    from lab import services
+
+    with_ports = [d for d in services.daemons(lab) if d.port]
+    assert len(listening) >= len(with_ports) + 1  # and Postfix's master
+    outside = {pid: addrs for pid, addrs in listening.items()
+               if not all(a.startswith("127.") or a.startswith("::ffff:127.") for a in addrs)}
+    assert not outside, outside
