@@ -29,6 +29,7 @@ from prefect.cache_policies import NO_CACHE
 from dwops.errors import Unavailable
 from dwops.health import Check, Thresholds, Verdict, unreachable
 from dwops.inventory import Inventory
+from tasks.common import attempt
 from dwops.secrets import read_secret
 
 
@@ -184,11 +185,17 @@ class SshPool:
             seconds=time.monotonic() - started,
         )
 
-    async def run_everywhere(self, hosts: list[str], name: str, **values: str | int | float
-                             ) -> dict[str, CommandResult | SshError]:
-        """Run `name` on every host at once; each host's result or error, none hiding another."""
-        results = await asyncio.gather(*(self.run(h, name, **values) for h in hosts),
-                                       return_exceptions=True)
+    async def run_everywhere(self, hosts: list[str], name: str, *, attempts: int = 1,
+                             **values: str | int | float) -> dict[str, CommandResult | SshError]:
+        """Run `name` on every host at once; each host's result or error, none hiding another.
+
+        `attempts` > 1 retries a host after `SshUnavailable` only: use it for reads, never for
+        a change (a restart is not repeated blindly; the flow re-reads and decides).
+        """
+        async def one(host: str) -> CommandResult:
+            return await attempt(lambda: self.run(host, name, **values), attempts=attempts)
+
+        results = await asyncio.gather(*(one(h) for h in hosts), return_exceptions=True)
         out: dict[str, CommandResult | SshError] = {}
         for host, r in zip(hosts, results):
             if isinstance(r, BaseException) and not isinstance(r, SshError):
@@ -215,5 +222,5 @@ def judge_login(host: str, result: "CommandResult | SshError") -> Check:
 async def check_ssh(inventory: Inventory, thresholds: Thresholds) -> list[Check]:
     """Log in to every host (host key verified) and run `hostname`. Read-only."""
     async with ssh_pool(inventory) as pool:
-        results = await pool.run_everywhere(list(inventory.hosts), "hostname")
+        results = await pool.run_everywhere(list(inventory.hosts), "hostname", attempts=2)
     return [judge_login(h, r) for h, r in results.items()]

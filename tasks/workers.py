@@ -62,7 +62,7 @@ async def read_workers(inventory: Inventory) -> dict[str, WorkersReading | SshEr
     """`ps` on every jobs host at once. Read-only; safe to retry."""
     hosts = inventory.hosts_for("workers")
     async with ssh_pool(inventory) as pool:
-        results = await pool.run_everywhere(hosts, "workers.ps")
+        results = await pool.run_everywhere(hosts, "workers.ps", attempts=2)
     out: dict[str, WorkersReading | SshError] = {}
     for host, r in results.items():
         if isinstance(r, SshError):

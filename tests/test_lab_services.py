@@ -168,3 +168,48 @@ def test_every_lab_process_listens_on_loopback_only(lab: LabConfig):
     outside = {pid: addrs for pid, addrs in listening.items()
                if not all(a.startswith("127.") or a.startswith("::ffff:127.") for a in addrs)}
     assert not outside, outside
+
+
+def _selects(lab: LabConfig) -> int:
+    import pymysql
+
+    conn = pymysql.connect(host=lab.db.address, port=lab.ports.mysql, user=lab.db.user,
+                           password=lab.db.password(), connect_timeout=5)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SHOW GLOBAL STATUS LIKE 'Com_select'")
+            return int(cur.fetchone()[1])
+    finally:
+        conn.close()
+
+
+def _select_rate(lab: LabConfig, seconds: float = 3.0) -> float:
+    import time
+
+    a = _selects(lab)
+    time.sleep(seconds)
+    return (_selects(lab) - a) / seconds
+
+
+def test_restart_memcache_puts_a_visible_load_on_the_database(lab: LabConfig, lab_inventory):
+    """The notes: "Restarting memcache puts a heavy strain on the databases"."""
+    import asyncio
+
+    from tasks.ssh import SshPool
+    from test_lab_web import warm_cache
+
+    warm_cache(lab)  # as a long-running site has it (an earlier test may have emptied it)
+    before = _select_rate(lab)
+
+    async def restart():
+        async with SshPool(lab_inventory) as pool:
+            return await pool.run("dfw-admin01", "restart_memcache")
+
+    result = asyncio.run(restart())
+    assert result.exit_status == 0, result.stderr
+    after = _select_rate(lab)
+    assert after > 1.5 * before + 5, (before, after)
+    print(f"SELECT/s before {before:.1f}, after restart-memcache {after:.1f}")
+    for h in lab.hosts_with("memcache"):
+        assert read_memcache_stats(h.address, lab.ports.memcached).uptime < 30
+    warm_cache(lab)
