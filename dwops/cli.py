@@ -131,5 +131,88 @@ def _print_status(st: dict) -> None:
         console.print(f"traffic     {totals['requests']} requests, {totals['failures']} failed")
 
 
+def parse_assignments(pairs: list[str]) -> dict:
+    """`key=value` pairs (`a.b=value` for nested fields) into a dict; values are JSON when they
+    parse as JSON (numbers, true/false, lists), else plain strings."""
+    out: dict = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"{pair!r} is not key=value")
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        node = out
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return out
+
+
+@app.command("run")
+def run(
+    name: str = typer.Argument(..., help="the flow, e.g. restart-webs (see `dwops flows`)"),
+    param: list[str] = typer.Option([], "--param", "-p", help="key=value, repeatable"),
+    inventory: str = typer.Option(None, "--inventory", "-i", help="lab, production or a path"),
+    approve: bool = typer.Option(False, "--approve",
+                                 help="explicitly approve an emergency path from the command line"),
+    as_json: bool = typer.Option(False, "--json", help="print the run's report as JSON"),
+) -> None:
+    """Run a runbook flow here and now; exit 1 if it fails or halts, 2 on bad parameters."""
+    from dwops.settings import use_project_prefect
+
+    use_project_prefect()
+    import asyncio
+
+    from pydantic import ValidationError
+
+    from flows import load_flow
+
+    try:
+        flow, model = load_flow(name)
+    except KeyError as e:
+        err.print(f"[red]{e.args[0]}[/]")
+        raise typer.Exit(2) from None
+    values = parse_assignments(param)
+    if inventory:
+        values["inventory"] = inventory
+    if approve:
+        if "emergency_approved" not in model.model_fields:
+            err.print(f"[red]{name} has no emergency path to approve[/]")
+            raise typer.Exit(2)
+        values["emergency_approved"] = True
+    try:
+        params = model(**values)
+    except ValidationError as e:
+        err.print(f"[red]bad parameters for {name}:[/]")
+        for problem in e.errors():
+            where = ".".join(str(p) for p in problem["loc"]) or "(parameters)"
+            err.print(f"  {where}: {problem['msg']}")
+        raise typer.Exit(2) from None
+    state = asyncio.run(flow(params, return_state=True))
+    outcome = state.result(raise_on_failure=False)
+    report = getattr(outcome, "report", None)
+    data = report.as_dict() if report is not None else outcome
+    if as_json and not isinstance(data, BaseException):
+        sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    elif isinstance(data, dict) and "summary" in data:
+        console.print(data["summary"])
+    if state.is_completed():
+        return
+    err.print(f"[red]{name} {state.name.lower()}:[/] {outcome}")
+    raise typer.Exit(1)
+
+
+@app.command("flows")
+def list_flows() -> None:
+    """The runbook flows this project has."""
+    from flows import FLOWS
+
+    for name in FLOWS:
+        console.print(name)
+
+
 if __name__ == "__main__":
     app()

@@ -26,14 +26,19 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+from typing import TYPE_CHECKING
 from dataclasses import dataclass
 
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from dwops.errors import Unavailable
 from dwops.health import Check, Thresholds, Verdict, unreachable
 from dwops.inventory import Inventory
 from tasks.common import READ, per_host
+
+if TYPE_CHECKING:
+    from tasks.ssh import CommandResult
 from types import TracebackType
 
 DEFAULT_PORT = 7002
@@ -325,3 +330,15 @@ async def check_ddlockd(inventory: Inventory, thresholds: Thresholds) -> list[Ch
     readings = await per_host(service.hosts, lambda h: read_ddlockd_status(
         inventory.host(h).address, service.port or 7002))
     return [judge_ddlockd(h, r) for h, r in readings.items()]
+
+
+# -- changes ---------------------------------------------------------------------------------------
+
+@task(name="start-ddlockd", cache_policy=NO_CACHE)
+async def start_ddlockd(inventory: Inventory, host: str) -> "CommandResult":
+    """Start the ddlockd of `host` with its init script over SSH. Changes the host; never retried:
+    the flow re-reads the daemon's status and decides."""
+    from tasks.ssh import ssh_pool
+
+    async with ssh_pool(inventory) as pool:
+        return await pool.run(host, "ddlockd.start")

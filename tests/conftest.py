@@ -94,3 +94,43 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory):
         except subprocess.TimeoutExpired:
             server.kill()
         log.close()
+
+
+@pytest.fixture(scope="session")
+def dwops_run(prefect_api: str):
+    """Run `dwops run NAME -p k=v ... --json` as an operator would, against the test session's
+    Prefect server. Returns (exit code, the run's report as a dict or None, stderr).
+
+    `background=True` returns the Popen instead, for tests that act while a flow runs.
+    """
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    project = Path(__file__).resolve().parent.parent
+
+    def run(name: str, *params: str, approve: bool = False, background: bool = False,
+            timeout: float = 300, extra: tuple[str, ...] = ()):
+        argv = [sys.executable, "-m", "dwops.cli", "run", name, "--json", *extra]
+        for p in params:
+            argv += ["-p", p]
+        if approve:
+            argv.append("--approve")
+        env = dict(os.environ, PREFECT_API_URL=prefect_api)
+        if background:
+            return subprocess.Popen(argv, cwd=project, env=env, text=True,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        out = subprocess.run(argv, cwd=project, env=env, capture_output=True, text=True,
+                             timeout=timeout)
+        return out.returncode, _report(out.stdout), out.stderr
+
+    def _report(stdout: str):
+        try:
+            return json.loads(stdout)
+        except ValueError:
+            return None
+
+    run.report = _report
+    return run

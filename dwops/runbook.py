@@ -1,0 +1,254 @@
+"""What every runbook flow that changes something shares: parameters, gates, plan, report.
+
+A change flow reads like this (see flows/restart_webs.py):
+
+    params validated (pydantic) -> inventory loaded -> plan computed (pure) and published
+    -> dry_run stops here -> gates read and judged -> one step at a time: act, verify
+    -> halt at the first failure, everything not reached left untouched -> report published
+
+The report is a markdown artifact keyed `<flow>-report` (so Prefect keeps its history) that says,
+per host and with timings, what was done, what failed, what was not reached and why, and the gate
+readings before and after. A flow that stops early raises `RunbookHalted` carrying the report.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from enum import Enum
+from typing import Annotated, Any
+
+from pydantic import BaseModel, Field
+
+SAFE_TEXT = r"^[A-Za-z0-9 _.,:;()/#@+=-]*$"
+
+
+class ChangeParams(BaseModel):
+    """Parameters every change flow takes."""
+
+    inventory: str = Field("lab", min_length=1, max_length=500, pattern=r"^[A-Za-z0-9_./~-]+$",
+                           description="`lab`, `production`, or the path of an inventory file")
+    dry_run: bool = Field(False, description="compute and publish the plan, change nothing")
+    reason: str = Field("", max_length=200, pattern=SAFE_TEXT,
+                        description="why this runs (shown in the report)")
+
+
+class EmergencyParams(ChangeParams):
+    """Change flows with an emergency path the production notes allow."""
+
+    emergency: bool = Field(False, description="take the emergency path the notes allow "
+                                               "(it needs a human's approval)")
+    emergency_approved: bool = Field(
+        False, description="explicit approval given by the caller (the CLI's --approve); "
+                           "without it an emergency run pauses for approval in the Prefect UI")
+
+
+@dataclass(frozen=True)
+class Gate:
+    """A named check's verdict: may the flow go on, and why (or why not)."""
+
+    name: str
+    ok: bool
+    reason: str
+    readings: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Step:
+    host: str
+    action: str
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Plan:
+    flow: str
+    inventory: str
+    steps: list[Step]
+    gates: list[str]
+    notes: list[str] = field(default_factory=list)
+
+    def markdown(self) -> str:
+        lines = [f"# Plan: {self.flow} on {self.inventory}", ""]
+        if self.gates:
+            lines += ["Gates:", *[f"- {g}" for g in self.gates], ""]
+        lines += ["| # | host | action | detail |", "|---|---|---|---|"]
+        lines += [f"| {i} | {s.host} | {s.action} | {s.detail} |" for i, s in enumerate(self.steps, 1)]
+        if self.notes:
+            lines += ["", *[f"- {n}" for n in self.notes]]
+        return "\n".join(lines) + "\n"
+
+
+class Outcome(str, Enum):
+    DONE = "done"
+    FAILED = "failed"
+    SKIPPED = "skipped"  # decided not to (a gate, or nothing to do)
+    NOT_REACHED = "not reached"  # the run stopped before it
+
+
+@dataclass
+class StepResult:
+    host: str
+    action: str
+    outcome: Outcome
+    detail: str
+    started: float | None = None
+    seconds: float | None = None
+
+
+@dataclass
+class Report:
+    flow: str
+    inventory: str
+    plan: Plan
+    results: list[StepResult] = field(default_factory=list)
+    gates: list[tuple[str, Gate]] = field(default_factory=list)  # (when, gate)
+    readings: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)  # (when, what, figures)
+    started: float = field(default_factory=time.time)
+    finished: float | None = None
+    halted: str | None = None
+    dry_run: bool = False
+
+    # -- recording ---------------------------------------------------------------------------
+    def gate(self, gate: Gate) -> Gate:
+        self.gates.append((_now(), gate))
+        return gate
+
+    def reading(self, what: str, figures: dict[str, Any]) -> None:
+        self.readings.append((_now(), what, figures))
+
+    def record(self, host: str, action: str, outcome: Outcome, detail: str,
+               started: float | None = None) -> StepResult:
+        seconds = None if started is None else time.monotonic() - started
+        r = StepResult(host, action, outcome, detail, started, seconds)
+        self.results.append(r)
+        return r
+
+    def not_reached(self, steps: list[Step], why: str) -> None:
+        """Every planned step without a result is recorded as not reached."""
+        seen = {(r.host, r.action) for r in self.results}
+        for s in steps:
+            if (s.host, s.action) not in seen:
+                self.results.append(StepResult(s.host, s.action, Outcome.NOT_REACHED, why))
+
+    def halt(self, why: str) -> None:
+        self.halted = why
+        self.not_reached(self.plan.steps, f"not reached: the run stopped ({why})")
+
+    # -- reading ---------------------------------------------------------------------------
+    def done(self) -> list[StepResult]:
+        return [r for r in self.results if r.outcome is Outcome.DONE]
+
+    def summary(self) -> str:
+        n = {o: sum(1 for r in self.results if r.outcome is o) for o in Outcome}
+        head = ("dry run: plan only" if self.dry_run else
+                f"HALTED: {self.halted}" if self.halted else "completed")
+        return (f"{self.flow} on {self.inventory}: {head} - {n[Outcome.DONE]} done, "
+                f"{n[Outcome.FAILED]} failed, {n[Outcome.SKIPPED]} skipped, "
+                f"{n[Outcome.NOT_REACHED]} not reached")
+
+    def markdown(self) -> str:
+        end = self.finished or time.time()
+        lines = [f"# {self.flow}: {self.summary()}", "",
+                 f"- inventory: {self.inventory}",
+                 f"- started: {_iso(self.started)}, took {end - self.started:.1f} s", ""]
+        lines += ["## Steps", "", "| host | action | outcome | seconds | detail |",
+                  "|---|---|---|---|---|"]
+        for r in self.results:
+            secs = "" if r.seconds is None else f"{r.seconds:.1f}"
+            lines.append(f"| {r.host} | {r.action} | {r.outcome.value} | {secs} | {_cell(r.detail)} |")
+        if self.gates:
+            lines += ["", "## Gates", "", "| when | gate | verdict | reason |", "|---|---|---|---|"]
+            lines += [f"| {t} | {g.name} | {'pass' if g.ok else 'HOLD'} | {_cell(g.reason)} |"
+                      for t, g in self.gates]
+        if self.readings:
+            lines += ["", "## Readings", "", "| when | what | figures |", "|---|---|---|"]
+            lines += [f"| {t} | {w} | {_cell(_figures(f))} |" for t, w, f in self.readings]
+        return "\n".join(lines) + "\n"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "flow": self.flow, "inventory": self.inventory, "summary": self.summary(),
+            "halted": self.halted, "dry_run": self.dry_run,
+            "results": [{"host": r.host, "action": r.action, "outcome": r.outcome.value,
+                         "detail": r.detail, "seconds": r.seconds} for r in self.results],
+            "gates": [{"when": t, "name": g.name, "ok": g.ok, "reason": g.reason,
+                       "readings": g.readings} for t, g in self.gates],
+            "readings": [{"when": t, "what": w, "figures": f} for t, w, f in self.readings],
+        }
+
+
+class RunbookHalted(RuntimeError):
+    """A change flow stopped before the end; carries the report (what was and was not done)."""
+
+    def __init__(self, report: Report):
+        self.report = report
+        super().__init__(report.summary())
+
+
+def artifact_key(flow: str, suffix: str) -> str:
+    return re.sub(r"[^a-z0-9-]", "-", f"{flow}-{suffix}".lower())
+
+
+async def publish_plan(plan: Plan) -> None:
+    from prefect.artifacts import acreate_markdown_artifact
+
+    await acreate_markdown_artifact(key=artifact_key(plan.flow, "plan"), markdown=plan.markdown(),
+                                    description=f"{plan.flow}: {len(plan.steps)} planned steps")
+
+
+async def publish_report(report: Report) -> None:
+    from prefect.artifacts import acreate_markdown_artifact
+
+    report.finished = report.finished or time.time()
+    await acreate_markdown_artifact(key=artifact_key(report.flow, "report"),
+                                    markdown=report.markdown(), description=report.summary())
+
+
+async def finish(report: Report, log: Any) -> dict[str, Any]:
+    """Publish the report; raise RunbookHalted if the run stopped early, else return it."""
+    report.finished = time.time()
+    await publish_report(report)
+    (log.error if report.halted else log.info)(report.summary())
+    if report.halted:
+        raise RunbookHalted(report)
+    return report.as_dict()
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%H:%M:%S")
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _cell(text: str) -> str:
+    return str(text).replace("|", "/").replace("\n", " ")
+
+
+def _figures(figures: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in figures.items())
+
+
+class BadParameters(ValueError):
+    """Parameters that name what the inventory does not have: refused before any host is touched."""
+
+
+def hosts_of(inventory: Any, service: str, wanted: list[str] | None) -> list[str]:
+    """The service's hosts in inventory order, or the `wanted` subset of them (each checked)."""
+    hosts = inventory.hosts_for(service)
+    if not wanted:
+        return hosts
+    unknown = [h for h in wanted if h not in hosts]
+    if unknown:
+        raise BadParameters(f"{', '.join(unknown)}: not a {service} host of inventory "
+                            f"{inventory.name!r} ({', '.join(hosts)})")
+    return [h for h in hosts if h in wanted]
+
+
+HOST_LIST = Field(default_factory=list, max_length=50,
+                  description="only these hosts (default: every host of the service)")
+HostName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,62}$", description="an inventory host")]
