@@ -67,6 +67,51 @@ def status(
         raise typer.Exit(1)
 
 
+@app.command("up")
+def up(
+    inventory: str = typer.Option("lab", help="the inventory the deployments act on"),
+) -> None:
+    """Bring up everything: the lab, a Prefect server (basic auth), the work pool, a worker and
+    every deployment; run fleet-status once; print the UI's address."""
+    from dwops import platform
+    from lab import fleet
+
+    say = lambda msg: err.print(f"[dim]up:[/] {msg}")  # noqa: E731
+    try:
+        fleet.up(say=say)
+        platform.start_server(say)
+        platform.deploy(say, inventory)
+        platform.start_worker(say)
+    except Exception as e:  # every step names what failed and where its log is
+        err.print(f"[red]dwops up failed:[/] {e}")
+        raise typer.Exit(1) from None
+    cred, new = platform.credential()
+    say("running fleet-status once through its deployment")
+    out = platform.prefect("deployment", "run", "fleet-status/fleet-status", "--watch",
+                           "--watch-timeout", "180", check=False)
+    say("fleet-status: " + ("completed" if out.returncode == 0 else "did not complete (see the UI)"))
+    console.print(f"Prefect UI: [bold]{platform.ui_url()}[/]  (user admin)")
+    if new:
+        console.print(f"API credential (shown once; kept in {platform.credential_file()}): "
+                      f"[bold]{cred}[/]")
+    else:
+        console.print(f"API credential: in {platform.credential_file()}")
+
+
+@app.command("down")
+def down(
+    wipe: bool = typer.Option(False, "--wipe", help="also delete the lab's data, keys and logs"),
+) -> None:
+    """Stop the worker, the Prefect server and the lab; nothing is left running."""
+    from dwops import platform
+    from lab import fleet
+
+    say = lambda msg: err.print(f"[dim]down:[/] {msg}")  # noqa: E731
+    platform.stop(say)
+    stopped = fleet.wipe(say) if wipe else fleet.down(say)
+    err.print(f"down: stopped {len(stopped or [])} lab processes")
+
+
 @lab_app.command("up")
 def lab_up() -> None:
     """Start every lab host and service (idempotent: what runs is left alone)."""
@@ -203,6 +248,149 @@ def run(
         return
     err.print(f"[red]{name} {state.name.lower()}:[/] {outcome}")
     raise typer.Exit(1)
+
+
+def _params_for(name: str, param: list[str], inventory: str | None) -> dict:
+    """Validate `key=value` parameters against the flow's model, here, before any run exists."""
+    from pydantic import ValidationError
+
+    from flows import load_flow
+
+    try:
+        _, model = load_flow(name)
+    except KeyError as e:
+        err.print(f"[red]{e.args[0]}[/]")
+        raise typer.Exit(2) from None
+    values = parse_assignments(param)
+    if inventory:
+        values["inventory"] = inventory
+    try:
+        model(**values)
+    except ValidationError as e:
+        err.print(f"[red]bad parameters for {name}:[/]")
+        for problem in e.errors():
+            err.print(f"  {'.'.join(str(p) for p in problem['loc'])}: {problem['msg']}")
+        raise typer.Exit(2) from None
+    return values
+
+
+@app.command("trigger")
+def trigger(
+    name: str = typer.Argument(..., help="the deployment, e.g. restart-webs"),
+    param: list[str] = typer.Option([], "--param", "-p", help="key=value, repeatable"),
+    inventory: str = typer.Option(None, "--inventory", "-i"),
+    idempotency_key: str = typer.Option(None, "--idempotency-key",
+                                        help="the same key twice creates one run"),
+    wait: bool = typer.Option(False, "--wait", help="follow the run and exit with its outcome"),
+) -> None:
+    """Create a run of a deployment through the Prefect API (as other systems do)."""
+    from dwops.settings import use_project_prefect
+
+    use_project_prefect()
+    values = _params_for(name, param, inventory)
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+
+    async def go():
+        async with get_client() as client:
+            deployment = await client.read_deployment_by_name(f"{name}/{name}")
+            run = await client.create_flow_run_from_deployment(
+                deployment.id, parameters={"params": values}, idempotency_key=idempotency_key)
+            console.print(f"flow run {run.id} ({run.name}): {run.state.name if run.state else '?'}")
+            if not wait:
+                return 0
+            while True:
+                run = await client.read_flow_run(run.id)
+                if run.state and run.state.is_final():
+                    break
+                await asyncio.sleep(1)
+            summary = await _summary_of(client, run)
+            console.print(f"{run.state.name}: {summary or run.state.message or ''}")
+            return 0 if run.state.is_completed() else 1
+
+    raise typer.Exit(asyncio.run(go()))
+
+
+async def _summary_of(client, run) -> str | None:
+    """The summary line of a run's report (its newest artifact's description)."""
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    artifacts = await client.read_artifacts(
+        artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id])))
+    described = [a for a in artifacts if a.description and a.key and
+                 (a.key.endswith("-report") or a.key.startswith("fleet-status"))]
+    return described[-1].description if described else None
+
+
+@app.command("approve")
+def approve(
+    run_id: str = typer.Argument(..., help="the paused flow run's id"),
+    reject: bool = typer.Option(False, "--reject", help="reject instead: nothing is changed"),
+    approver: str = typer.Option("", "--approver", help="who decides (for the report)"),
+) -> None:
+    """Approve (or reject) an emergency run that is paused waiting for approval."""
+    from dwops.settings import use_project_prefect
+
+    use_project_prefect()
+    import asyncio
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+
+    async def go():
+        async with get_client() as client:
+            run = await client.read_flow_run(UUID(run_id))
+            if not (run.state and run.state.is_paused()):
+                err.print(f"[red]{run.name} is {run.state.name if run.state else '?'}, "
+                          f"not waiting for approval[/]")
+                return 1
+            await client.resume_flow_run(run.id, run_input={
+                "approve": not reject, "approver": approver or os.environ.get("USER", "")})
+            console.print(f"{run.name}: {'rejected' if reject else 'approved'}")
+            return 0
+
+    import os
+
+    raise typer.Exit(asyncio.run(go()))
+
+
+@app.command("history")
+def history(
+    name: str = typer.Argument(None, help="only this flow"),
+    limit: int = typer.Option(20, "--limit", min=1, max=500),
+) -> None:
+    """Recent runs with their outcome and the summary line of their report."""
+    from dwops.settings import use_project_prefect
+
+    use_project_prefect()
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (FlowFilter, FlowFilterName, FlowRunFilter,
+                                                FlowRunFilterState, FlowRunFilterStateType)
+    from prefect.client.schemas.objects import StateType
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    async def go():
+        async with get_client() as client:
+            flow_filter = FlowFilter(name=FlowFilterName(any_=[name])) if name else None
+            happened = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(
+                not_any_=[StateType.SCHEDULED])))
+            runs = await client.read_flow_runs(flow_filter=flow_filter, flow_run_filter=happened,
+                                               sort=FlowRunSort.START_TIME_DESC, limit=limit)
+            flows = {f.id: f.name for f in await client.read_flows()}
+            table = Table(title="dwops history")
+            for col in ("started", "flow", "run", "state", "report"):
+                table.add_column(col)
+            for run in runs:
+                started = run.start_time.strftime("%Y-%m-%d %H:%M:%S") if run.start_time else "-"
+                table.add_row(started, flows.get(run.flow_id, "?"), run.name,
+                              run.state.name if run.state else "-",
+                              await _summary_of(client, run) or "")
+            console.print(table)
+
+    asyncio.run(go())
 
 
 @app.command("flows")

@@ -23,12 +23,18 @@ import asyncio
 import os
 from dataclasses import dataclass
 
+from typing import TYPE_CHECKING
+
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from dwops.errors import Unavailable
 from dwops.health import Check, Thresholds, Verdict, unreachable
 from dwops.inventory import Inventory
 from tasks.common import READ, per_host
+
+if TYPE_CHECKING:
+    from tasks.ssh import CommandResult
 
 DEFAULT_PORT = 7003  # Dreamwidth's; gearmand's own default is 4730
 _READ_LIMIT = 1 << 22  # longest reply we accept (one row per function or connection)
@@ -246,3 +252,32 @@ async def check_gearman(inventory: Inventory, thresholds: Thresholds) -> list[Ch
     readings = await per_host(service.hosts, lambda h: read_gearman(
         inventory.host(h).address, service.port or DEFAULT_PORT))
     return [judge_gearman(h, r, thresholds.gearman_waiting_warn) for h, r in readings.items()]
+
+
+# -- changes ---------------------------------------------------------------------------------------
+# Both run the inventory's init-script command over SSH (the notes: "SSH to the servers that run
+# gearman and use the /etc/init.d/gearman-server script"). The flow decides whether to run them.
+
+@task(name="start-gearman", cache_policy=NO_CACHE)
+async def start_gearman(inventory: Inventory, host: str, *, timeout: float | None = None
+                        ) -> "CommandResult":
+    """Start the job server of `host` with its init script (`gearman.start`) over SSH. Changes the
+    host; never retried: the flow re-reads the server and decides. A non-zero exit is a result."""
+    from tasks.ssh import ssh_pool
+
+    async with ssh_pool(inventory) as pool:
+        return await pool.run(host, "gearman.start", timeout=timeout)
+
+
+@task(name="restart-gearman", cache_policy=NO_CACHE)
+async def restart_gearman(inventory: Inventory, host: str, *, timeout: float | None = None
+                          ) -> "CommandResult":
+    """Restart the job server of `host` with its init script (`gearman.restart`) over SSH.
+
+    Changes the host and LOSES every job the server holds (the queue lives in its memory): the
+    flow reads and reports the queue first and decides. Never retried.
+    """
+    from tasks.ssh import ssh_pool
+
+    async with ssh_pool(inventory) as pool:
+        return await pool.run(host, "gearman.restart", timeout=timeout)

@@ -10,7 +10,7 @@ import pytest
 
 from dwops.settings import use_project_prefect
 
-use_project_prefect()  # before anything imports prefect
+use_project_prefect(connect_to_running=False)  # before anything imports prefect
 
 from dwops.inventory import Inventory, resolve_inventory
 from lab.config import LabConfig

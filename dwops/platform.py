@@ -1,0 +1,172 @@
+"""Run dwops like production: a Prefect server, a work pool and worker, the deployments.
+
+`dwops up` brings up, in the project's state folder (`.state/prefect`, PREFECT_HOME):
+- a Prefect server on 127.0.0.1:4200 with basic auth on (a generated credential, stored 0600 in
+  the state folder, shown once), its SQLite database under the state folder;
+- the `dwops` process work pool and one worker polling it every second;
+- the global concurrency limit `dwops-maintenance` (one restart of webs, memcached or workers at a
+  time, across every worker);
+- every deployment of prefect.yaml, pointed at the lab's inventory.
+`dwops down` stops the worker and the server (and the lab).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+import time
+import urllib.request
+from base64 import b64encode
+from collections.abc import Callable
+from pathlib import Path
+
+from lab import procs
+from lab.config import PROJECT_DIR, state_dir
+
+HOST = "127.0.0.1"
+PORT = int(os.environ.get("DWOPS_PREFECT_PORT", "4200"))
+POOL = "dwops"
+MAINTENANCE_LIMIT = "dwops-maintenance"
+
+Say = Callable[[str], None]
+
+
+def home() -> Path:
+    return state_dir() / "prefect"
+
+
+def api_url() -> str:
+    return f"http://{HOST}:{PORT}/api"
+
+
+def ui_url() -> str:
+    return f"http://{HOST}:{PORT}"
+
+
+def credential_file() -> Path:
+    return home() / "api-auth"
+
+
+def credential(create: bool = False) -> tuple[str | None, bool]:
+    """The server's `user:password` (None if there is none), and whether it was just made."""
+    path = credential_file()
+    if path.exists():
+        return path.read_text().strip(), False
+    if not create:
+        return None, False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = f"admin:{secrets.token_urlsafe(18)}"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(value + "\n")
+    return value, True
+
+
+def client_env(base: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for a Prefect client of the running server (its credential from the file)."""
+    env = dict(base if base is not None else os.environ)
+    env.update(PREFECT_HOME=str(home()), PREFECT_API_URL=api_url(),
+               PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1")
+    cred, _ = credential()
+    if cred:
+        env["PREFECT_API_AUTH_STRING"] = cred
+    return env
+
+
+def server_env() -> dict[str, str]:
+    env = client_env()
+    env.pop("PREFECT_API_URL")
+    cred, _ = credential()
+    env.update(PREFECT_SERVER_API_HOST=HOST, PREFECT_SERVER_API_PORT=str(PORT),
+               PREFECT_SERVER_API_AUTH_STRING=cred or "",
+               PREFECT_UI_API_URL=api_url(), PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT="false")
+    return env
+
+
+def healthy(timeout: float = 2.0) -> bool:
+    cred, _ = credential()
+    req = urllib.request.Request(f"{api_url()}/health")
+    if cred:
+        req.add_header("Authorization", "Basic " + b64encode(cred.encode()).decode())
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def prefect_bin() -> str:
+    return str(Path(sys.executable).parent / "prefect")
+
+
+def _pidfile(name: str) -> Path:
+    return home() / f"{name}.pid"
+
+
+def _log(name: str) -> Path:
+    return home() / f"{name}.log"
+
+
+def start_server(say: Say) -> None:
+    credential(create=True)
+    if procs.read_pid(_pidfile("server")) and healthy():
+        return
+    say(f"starting the Prefect server on {ui_url()}")
+    procs.start([prefect_bin(), "server", "start", "--host", HOST, "--port", str(PORT)],
+                _pidfile("server"), _log("server"), cwd=PROJECT_DIR, env=server_env())
+    deadline = time.monotonic() + 180
+    while not healthy():
+        if not procs.read_pid(_pidfile("server")) or time.monotonic() > deadline:
+            raise RuntimeError(f"the Prefect server did not start; see {_log('server')}")
+        time.sleep(0.5)
+
+
+def prefect(*args: str, check: bool = True, env: dict[str, str] | None = None
+            ) -> subprocess.CompletedProcess:
+    return subprocess.run([prefect_bin(), "--no-prompt", *args], cwd=PROJECT_DIR,
+                          env=env or client_env(), capture_output=True, text=True, check=check)
+
+
+def deploy(say: Say, inventory: str = "lab") -> None:
+    if prefect("work-pool", "inspect", POOL, check=False).returncode != 0:
+        say(f"creating the {POOL} process work pool")
+        prefect("work-pool", "create", POOL, "--type", "process")
+    if prefect("global-concurrency-limit", "inspect", MAINTENANCE_LIMIT, check=False).returncode:
+        say(f"creating the global concurrency limit {MAINTENANCE_LIMIT} (1)")
+        prefect("global-concurrency-limit", "create", MAINTENANCE_LIMIT, "--limit", "1")
+    say("deploying every flow of prefect.yaml")
+    env = client_env()
+    env.update(DWOPS_PROJECT_DIR=str(PROJECT_DIR), DWOPS_INVENTORY=inventory)
+    out = prefect("deploy", "--all", env=env, check=False)
+    if out.returncode:
+        raise RuntimeError(f"prefect deploy failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+
+
+def start_worker(say: Say) -> None:
+    if procs.read_pid(_pidfile("worker")):
+        return
+    say(f"starting a worker for the {POOL} pool")
+    env = client_env()
+    env.update(PREFECT_WORKER_QUERY_SECONDS="1", PREFECT_WORKER_PREFETCH_SECONDS="5",
+               DWOPS_PROJECT_DIR=str(PROJECT_DIR))
+    procs.start([prefect_bin(), "worker", "start", "--pool", POOL, "--type", "process",
+                 "--name", "dwops-worker"], _pidfile("worker"), _log("worker"), cwd=PROJECT_DIR,
+                env=env)
+
+
+def stop(say: Say) -> list[str]:
+    stopped = []
+    for name in ("worker", "server"):
+        pid = procs.stop(_pidfile(name), grace=20)
+        if pid:
+            say(f"stopped the Prefect {name} (pid {pid})")
+            stopped.append(name)
+    return stopped
+
+
+def status() -> dict:
+    return {"ui": ui_url(), "api": api_url(), "server_pid": procs.read_pid(_pidfile("server")),
+            "worker_pid": procs.read_pid(_pidfile("worker")), "healthy": healthy(),
+            "credential_file": str(credential_file())}
