@@ -1,0 +1,49 @@
+"""The fleet-wide maintenance lock: one restart of webs, memcached or workers at a time.
+
+A Prefect global concurrency limit (`dwops-maintenance`, limit 1) held for the whole run, across
+every worker. A second maintenance run is refused at once with a clear error, never queued
+behind the first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError, concurrency
+from prefect.exceptions import ObjectNotFound
+
+MAINTENANCE_LIMIT = "dwops-maintenance"
+
+
+class MaintenanceBusy(RuntimeError):
+    """Another maintenance run holds the lock: this one changes nothing."""
+
+
+async def ensure_limit() -> None:
+    """Create the limit (1 slot) if the Prefect server does not have it yet."""
+    async with get_client() as client:
+        try:
+            await client.read_global_concurrency_limit_by_name(MAINTENANCE_LIMIT)
+        except ObjectNotFound:
+            await client.create_global_concurrency_limit(
+                GlobalConcurrencyLimitCreate(name=MAINTENANCE_LIMIT, limit=1))
+
+
+@asynccontextmanager
+async def maintenance_window(flow: str) -> AsyncIterator[None]:
+    """Hold the maintenance lock for everything inside, or raise MaintenanceBusy at once."""
+    await ensure_limit()
+    acquired = False
+    try:
+        async with concurrency(MAINTENANCE_LIMIT, occupy=1, strict=True, max_retries=0,
+                               lease_duration=600):
+            acquired = True
+            yield
+    except ConcurrencySlotAcquisitionError:
+        if acquired:
+            raise
+        raise MaintenanceBusy(f"{flow} refused: another maintenance run (webs, memcached or "
+                              f"workers) holds {MAINTENANCE_LIMIT!r}; nothing was changed") from None
