@@ -1,1 +1,1 @@
-"""deployments."""
+"""What `prefect deploy` cannot declare in prefect.yaml: the self-healing automations."""

@@ -81,6 +81,7 @@ def up(
         fleet.up(say=say)
         platform.start_server(say)
         platform.deploy(say, inventory)
+        platform.install_automations(say, inventory)
         platform.start_worker(say)
     except Exception as e:  # every step names what failed and where its log is
         err.print(f"[red]dwops up failed:[/] {e}")

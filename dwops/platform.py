@@ -144,6 +144,18 @@ def deploy(say: Say, inventory: str = "lab") -> None:
         raise RuntimeError(f"prefect deploy failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
 
 
+def install_automations(say: Say, inventory: str = "lab") -> None:
+    """The self-healing automations (deployments/automations.py), run in a client process so
+    this one need not import Prefect."""
+    out = subprocess.run([sys.executable, "-c", "import asyncio, sys\n"
+                          "from deployments.automations import ensure_automations\n"
+                          "print(asyncio.run(ensure_automations(sys.argv[1])))", inventory],
+                         cwd=PROJECT_DIR, env=client_env(), capture_output=True, text=True)
+    if out.returncode:
+        raise RuntimeError(f"automations: {out.stderr[-2000:]}")
+    say(f"automations: {out.stdout.strip()}")
+
+
 def start_worker(say: Say) -> None:
     if procs.read_pid(_pidfile("worker")):
         return

@@ -19,6 +19,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
+from prefect.events import emit_event
 from pydantic import BaseModel, Field
 
 from dwops.health import Check, Thresholds, Verdict, worst
@@ -112,8 +113,10 @@ async def fleet_status(params: FleetStatusParams = FleetStatusParams()) -> dict[
             log.warning("%s %s@%s: %s", c.verdict.value, c.system, c.host, c.reason)
     log.info(report.summary_line())
 
-    # 4. Artifacts, keyed per inventory so each run's can be compared with the last.
+    # 4. Artifacts, keyed per inventory so each run's can be compared with the last; events for
+    #    the daemons the notes want started back up when they go down (self-healing automations).
     await publish(report, inventory)
+    announce_down(report, inventory)
 
     # 5. CRIT fails the run.
     if report.critical:
@@ -131,6 +134,21 @@ async def publish(report: FleetReport, inventory: Inventory) -> None:
     )
     await acreate_markdown_artifact(key=f"{key}-summary", markdown=summary_markdown(report),
                                     description=report.summary_line())
+
+
+SELF_HEALED = ("gearman", "ddlockd")
+
+
+def announce_down(report: FleetReport, inventory: Inventory) -> None:
+    """Emit `dwops.service.down` for every self-healed daemon that did not answer."""
+    for c in report.checks:
+        if c.system in SELF_HEALED and c.verdict is Verdict.CRIT and not c.figures.get(
+                "reachable", True):
+            emit_event(event="dwops.service.down",
+                       resource={"prefect.resource.id": f"dwops.service.{c.system}.{c.host}",
+                                 "dwops.system": c.system, "dwops.host": c.host,
+                                 "dwops.inventory": inventory.name},
+                       payload={"reason": c.reason})
 
 
 def summary_markdown(report: FleetReport) -> str:

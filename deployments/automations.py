@@ -1,0 +1,45 @@
+"""Self-healing, as the notes ask of gearman ("if this goes down, it should be started back up").
+
+fleet-status emits `dwops.service.down` for every gearman or ddlockd it cannot reach (resource id
+`dwops.service.<system>.<host>`). One automation per daemon runs the matching ensure-* deployment,
+which starts only what is down and never restarts a running daemon. Rate limit: an automation
+fires at most once per `COOLDOWN_SECONDS` window (`within`), and its deployment refuses a second
+concurrent run (CANCEL_NEW), so a flapping daemon cannot cause a restart storm.
+"""
+
+from __future__ import annotations
+
+from prefect.automations import Automation, EventTrigger, Posture, RunDeployment
+from prefect.client.orchestration import get_client
+
+COOLDOWN_SECONDS = 300
+HEALS = {"gearman": "ensure-gearman", "ddlockd": "ensure-ddlockd"}
+
+
+def automation_name(system: str) -> str:
+    return f"dwops: start {system} when fleet-status finds it down"
+
+
+async def ensure_automations(inventory: str = "lab") -> list[str]:
+    """Create (or replace) one automation per self-healed daemon; return their names."""
+    names = []
+    async with get_client() as client:
+        for system, deployment_name in HEALS.items():
+            deployment = await client.read_deployment_by_name(f"{deployment_name}/{deployment_name}")
+            name = automation_name(system)
+            for old in await client.read_automations_by_name(name):
+                await client.delete_automation(old.id)
+            automation = Automation(
+                name=name,
+                description=f"fleet-status found {system} unreachable: run {deployment_name} "
+                            f"(at most once per {COOLDOWN_SECONDS} s)",
+                trigger=EventTrigger(
+                    expect={"dwops.service.down"},
+                    match={"prefect.resource.id": f"dwops.service.{system}.*"},
+                    posture=Posture.Reactive, threshold=1, within=COOLDOWN_SECONDS),
+                actions=[RunDeployment(source="selected", deployment_id=deployment.id,
+                                       parameters={"params": {"inventory": inventory}})],
+            )
+            await automation.acreate()
+            names.append(name)
+    return names
