@@ -1,0 +1,413 @@
+"""restart-workers on the lab: never interrupts an import unless an emergency is approved.
+
+Ground truth is the lab's own: each jobs host's worker-manager pidfile and its children in /proc,
+the `dw_lab.import_run` row of every import we enqueue (running -> done | interrupted), and the
+managers' `counters/workers-HOST.json` (`imports_interrupted`, carried across restarts).
+
+The lab's job feeder (`jobs-feed@workload`) keeps starting random imports of 5-40 s; this module
+stops it and starts it again at the end. Tests that restart the workers first wait until the
+feeder's last imports are over, so that they only ever interrupt (or not) the imports they made.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import subprocess
+import time
+import uuid
+from typing import Callable, Iterator
+
+import pymysql
+import pytest
+
+from flows.restart_workers import (importers_are_idle, schwartz_queue_is_draining,
+                                   what_is_lost, busy_imports, workers_came_back)
+from lab import ctl, procs, services
+from lab import jobs as schwartz
+from lab.config import LabConfig, read_counters
+from lab.workers import BORED_TITLE, MANAGER_TITLE, read_title
+from tasks.workers import parse_workers_ps
+
+pytestmark = pytest.mark.lab
+
+FLOW = "restart-workers"
+WORKERS = "dw-workers"  # the worker-manager's lab service on every jobs host
+FEEDER = ("jobs-feed", "workload")
+QUICK = ("poll_seconds=1", "queue_drain_seconds=5")  # real time: keep the runs short
+
+
+# -- the lab's ground truth ----------------------------------------------------------------------
+
+def jobs_hosts(lab: LabConfig) -> list[str]:
+    return [h.name for h in lab.hosts_with("jobs")]
+
+
+def manager_pid(lab: LabConfig, host: str) -> int | None:
+    pid = procs.read_pid(services.find(lab, WORKERS, host).pidfile)
+    return pid if pid and read_title(pid) == MANAGER_TITLE else None
+
+
+def children(parent: int) -> dict[int, str]:
+    """The live children of `parent` with their titles (from /proc)."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid == parent and procs.pid_alive(int(entry)):
+                found[int(entry)] = read_title(int(entry))
+    return found
+
+
+def snapshot(lab: LabConfig) -> dict[str, tuple[int | None, frozenset[int]]]:
+    """Every jobs host's worker-manager pid and its workers' pids."""
+    out = {}
+    for h in jobs_hosts(lab):
+        pid = manager_pid(lab, h)
+        out[h] = (pid, frozenset(children(pid)) if pid else frozenset())
+    return out
+
+
+def interrupted(lab: LabConfig) -> dict[str, int]:
+    return {h: int(read_counters(lab, f"workers-{h}").get("imports_interrupted", 0))
+            for h in jobs_hosts(lab)}
+
+
+def ready_manager(lab: LabConfig, host: str) -> int | None:
+    """The manager's pid once it runs every worker it wants, all titled, and counts again."""
+    pid = manager_pid(lab, host)
+    c = read_counters(lab, f"workers-{host}")
+    if not pid or c.get("manager_pid") != pid or c.get("state") != "running":
+        return None
+    names = [t.split(" ", 1)[0] for t in children(pid).values()]
+    if any(n.startswith(("/", "python")) for n in names):
+        return None  # a worker that has not set its title yet
+    want = c.get("want") or {}
+    return pid if want and all(names.count(n) >= k for n, k in want.items()) else None
+
+
+def wait_for(what: str, fn: Callable[[], object], timeout: float, every: float = 0.2) -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = fn()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def query(conn: pymysql.connections.Connection, sql: str, args: tuple = ()) -> list[tuple]:
+    with conn.cursor() as cur:
+        cur.execute(sql, args)
+        return list(cur.fetchall())
+
+
+def import_run(lab: LabConfig, conn, jobid: int) -> dict | None:
+    with conn.cursor(pymysql.cursors.DictCursor) as cur:
+        cur.execute(f"SELECT * FROM {schwartz.lab_table(lab, 'import_run')} WHERE jobid = %s"
+                    " ORDER BY id DESC LIMIT 1", (jobid,))
+        return cur.fetchone()
+
+
+def busy_importers(lab: LabConfig) -> list[str]:
+    return [t for h in jobs_hosts(lab) if (pid := manager_pid(lab, h))
+            for t in children(pid).values()
+            if t.startswith("content-importer [") and t != BORED_TITLE]
+
+
+def ready_imports(conn) -> int:
+    return query(conn, "SELECT COUNT(*) FROM job j JOIN funcmap f ON f.funcid = j.funcid"
+                       " WHERE f.funcname LIKE %s AND j.run_after <= UNIX_TIMESTAMP()"
+                       " AND j.grabbed_until <= UNIX_TIMESTAMP()",
+                 (schwartz.IMPORTER_PREFIX + "%",))[0][0]
+
+
+def wait_no_imports(lab: LabConfig, conn) -> None:
+    """Until no importer is busy and no import waits (the feeder's last ones are over)."""
+    wait_for("the feeder's imports to finish",
+             lambda: not busy_importers(lab) and ready_imports(conn) == 0, 90, every=0.5)
+
+
+def start_import(lab: LabConfig, conn, user: str, userid: int, seconds: float) -> tuple[int, dict]:
+    """Enqueue an entries import and wait until an importer shows it busy."""
+    jobid = schwartz.enqueue_import(lab, user, userid, seconds, "entries")
+    try:
+        run = wait_for("the import to start", lambda: (r := import_run(lab, conn, jobid))
+                       and r["status"] == "running" and r, 60)
+        wait_for("its busy title", lambda: read_title(int(run["pid"])).startswith(
+            f"content-importer [entries: {user}({userid})"), 10)
+    except BaseException:
+        query(conn, "DELETE FROM job WHERE jobid = %s", (jobid,))
+        raise
+    return jobid, run
+
+
+def finished(lab: LabConfig, conn, jobid: int, timeout: float) -> dict:
+    return wait_for("the import to finish", lambda: (r := import_run(lab, conn, jobid))
+                    and r["status"] != "running" and r, timeout)
+
+
+def assert_all_new(lab: LabConfig, before: dict) -> None:
+    """Every jobs host runs a new worker-manager with all its workers, none with an old pid."""
+    for h, (old_manager, old_workers) in before.items():
+        pid = wait_for(f"{h}'s workers", lambda: ready_manager(lab, h), 60)
+        assert pid != old_manager, (h, pid, old_manager)
+        assert not set(children(pid)) & old_workers, (h, children(pid), old_workers)
+
+
+def results(report: dict) -> dict[tuple[str, str], dict]:
+    return {(r["host"], r["action"]): r for r in report["results"]}
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}{uuid.uuid4().hex[:8]}"
+
+
+# -- fixtures --------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def quiet_lab(lab: LabConfig) -> Iterator[LabConfig]:
+    """The lab with its job feeder stopped (started again afterwards) and every worker-manager
+    ready; any worker-manager a failed test left down is started again."""
+    feeding = procs.read_pid(services.find(lab, *FEEDER).pidfile) is not None
+    ctl.stop(lab, *FEEDER)
+    try:
+        for h in jobs_hosts(lab):
+            wait_for(f"{h}'s workers", lambda: ready_manager(lab, h), 60)
+        yield lab
+    finally:
+        for h in jobs_hosts(lab):
+            if manager_pid(lab, h) is None:
+                ctl.start(lab, WORKERS, h)
+        for h in jobs_hosts(lab):
+            wait_for(f"{h}'s workers", lambda: ready_manager(lab, h), 60)
+        if feeding:
+            ctl.start(lab, *FEEDER)
+
+
+@pytest.fixture(scope="module")
+def conn(lab: LabConfig) -> Iterator[pymysql.connections.Connection]:
+    c = schwartz.connect(lab)
+    yield c
+    c.close()
+
+
+# -- the gates, on `ps` recorded on the lab's jobs hosts (tests/fixtures) --------------------------
+
+def recorded(*parts: str) -> str:
+    from pathlib import Path
+
+    return (Path(__file__).parent / "fixtures" / Path(*parts)).read_text()
+
+
+def test_gates_on_recorded_ps():
+    """Pure: the verdicts and reasons the flow's report shows, on real `ps` output."""
+    mixed = parse_workers_ps(recorded("importers", "ps-busy-mixed.txt"))
+    assert mixed.manager_pids == (32090, 32256) and mixed.worker_counts()["content-importer"] == 6
+    gate = importers_are_idle({"dfw-jobs01": mixed})
+    assert not gate.ok
+    assert gate.reason.startswith("6 of 6 content-importers busy: ")
+    assert "dfw-jobs01 pid 32092 entries: user022716(22716) getevents - 900 to 999" in gate.reason
+    assert "dfw-jobs01 pid 32153 comments: user024543(24543) posting 400 comments" in gate.reason
+    lost = what_is_lost(busy_imports({"dfw-jobs01": mixed}))
+    assert "- user022716(22716): entries import on dfw-jobs01 (pid 32092), at getevents - 900 " \
+           "to 999: pauses for 12 h" in lost
+    assert "user024543(24543): comments import" in lost and "pauses for 72 h" in lost
+    approved = frozenset(b.key for b in busy_imports({"dfw-jobs01": mixed}))
+    assert importers_are_idle({"dfw-jobs01": mixed}, approved).ok
+
+    host = parse_workers_ps(recorded("workers", "ps-dfw-jobs01.txt"))
+    assert host.manager_pids == (15002,) and len(host.workers) == 8  # not the gearman-worker
+    assert workers_came_back("dfw-jobs01", host, host).reason.startswith(
+        "worker-manager pid 15002 (before: 15002); old worker pids still running: 15084")
+    renumbered = re.sub(r"^(\s*)(\d+)", lambda m: f"{m.group(1)}{int(m.group(2)) + 80000}",
+                        recorded("workers", "ps-dfw-jobs01.txt"), flags=re.M)  # every pid new
+    after = parse_workers_ps(renumbered)
+    back = workers_came_back("dfw-jobs01", host, after)
+    assert back.ok and back.reason.startswith("new worker-manager pid 95002; 8 workers, all new")
+    short = parse_workers_ps("\n".join(l for l in renumbered.splitlines() if "send-email" not in l))
+    assert "not back yet: send-email 0/1" in workers_came_back("dfw-jobs01", host, short).reason
+
+    assert schwartz_queue_is_draining(40, [12, 3, 0], 30, 5).ok
+    assert schwartz_queue_is_draining(0, [0, 1, 4], 30, 5).ok  # the feeder's noise
+    grew = schwartz_queue_is_draining(0, [0, 20, 45], 30, 5)
+    assert not grew.ok and grew.reason.startswith("ready jobs 0 -> 45 over 30 s (up 45; slack 5)")
+
+
+# -- the flow on the lab ---------------------------------------------------------------------------
+
+def test_bad_parameters_are_refused_before_anything_is_read(quiet_lab: LabConfig, dwops_run):
+    before = snapshot(quiet_lab)
+    rc, report, err = dwops_run(FLOW, "max_wait=-1", "poll_seconds=0", "verify_timeout=100000",
+                                "queue_drain_seconds=soon")
+    assert rc == 2 and report is None, err
+    for name in ("max_wait", "poll_seconds", "verify_timeout", "queue_drain_seconds"):
+        assert name in err, err
+    rc, report, err = dwops_run(FLOW, "max_wiat=5")  # a typo never falls back to the default
+    assert rc == 2 and "max_wiat" in err, err
+    assert snapshot(quiet_lab) == before
+
+
+def test_an_unreachable_jobs_host_halts_before_any_change(quiet_lab: LabConfig, dwops_run):
+    before = snapshot(quiet_lab)
+    ctl.stop(quiet_lab, "sshd", "dfw-jobs02")
+    try:
+        rc, report, err = dwops_run(FLOW, "emergency=true", approve=True)
+        assert rc == 1, err[-2000:]
+        assert report["halted"].startswith("jobs host unreachable (dfw-jobs02: cannot connect")
+        assert {r["outcome"] for r in report["results"]} == {"not reached"}
+        assert snapshot(quiet_lab) == before
+    finally:
+        ctl.start(quiet_lab, "sshd", "dfw-jobs02")
+
+
+def test_busy_import_refuses_after_max_wait_and_nothing_changes(quiet_lab: LabConfig, conn,
+                                                                dwops_run):
+    lab = quiet_lab
+    user = unique("rwbusy")
+    jobid, run = start_import(lab, conn, user, 4242, 20)
+    try:
+        before, counted = snapshot(lab), interrupted(lab)
+        rc, report, err = dwops_run(FLOW, "max_wait=5", *QUICK)
+        assert rc == 1, err[-2000:]
+        assert report["halted"].startswith("refused: content-importers still busy after "
+                                           "waiting 5 s"), report["halted"]
+        assert f"entries: {user}(4242)" in report["halted"]
+        holds = [g for g in report["gates"] if g["name"] == "importers are idle" and not g["ok"]]
+        assert holds and f"pid {run['pid']} entries: {user}(4242)" in holds[-1]["reason"]
+        assert {r["outcome"] for r in report["results"]} == {"not reached"}
+        assert snapshot(lab) == before  # no worker-manager or worker restarted
+
+        assert finished(lab, conn, jobid, 40)["status"] == "done"
+        assert snapshot(lab) == before
+        assert interrupted(lab) == counted
+    finally:
+        query(conn, "DELETE FROM job WHERE jobid = %s", (jobid,))
+
+
+def test_unapproved_emergency_pauses_and_a_rejection_changes_nothing(
+        quiet_lab: LabConfig, conn, dwops_run, prefect_api: str):
+    lab = quiet_lab
+    user = unique("rwreject")
+    jobid, run = start_import(lab, conn, user, 5353, 25)
+    proc: subprocess.Popen | None = None
+    try:
+        before, counted = snapshot(lab), interrupted(lab)
+        proc = dwops_run(FLOW, "emergency=true", *QUICK, background=True)
+        flow_run = asyncio.run(reject_when_paused(prefect_api, proc))
+        out, err = proc.communicate(timeout=60)
+        report = dwops_run.report(out)
+        assert proc.returncode == 1, err[-2000:]
+        assert report["halted"].startswith("emergency restart not approved (rejected by test)")
+        assert f"entries: {user}(5353)" in report["halted"]
+        approval = [g for g in report["gates"] if g["name"] == "emergency approved"]
+        assert len(approval) == 1 and not approval[0]["ok"]
+        assert f"{user}(5353): entries import" in approval[0]["reason"]
+        assert "pauses for 12 h" in approval[0]["reason"]
+        assert {r["outcome"] for r in report["results"]} == {"not reached"}
+        assert flow_run  # it was paused, waiting for a human
+        assert snapshot(lab) == before
+
+        assert finished(lab, conn, jobid, 40)["status"] == "done"
+        assert snapshot(lab) == before
+        assert interrupted(lab) == counted
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        query(conn, "DELETE FROM job WHERE jobid = %s", (jobid,))
+
+
+async def reject_when_paused(api: str, proc: subprocess.Popen) -> str:
+    """Wait until the background run is Paused (read from the Prefect API), then reject it."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (FlowFilter, FlowFilterName, FlowRunFilter,
+                                                FlowRunFilterState, FlowRunFilterStateType)
+    from prefect.client.schemas.objects import StateType
+    from prefect.flow_runs import resume_flow_run
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: api}):
+        async with get_client() as client:
+            deadline = time.monotonic() + 60
+            while True:
+                assert proc.poll() is None, f"the run ended before pausing: {proc.communicate()}"
+                paused = await client.read_flow_runs(
+                    flow_filter=FlowFilter(name=FlowFilterName(any_=[FLOW])),
+                    flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
+                        type=FlowRunFilterStateType(any_=[StateType.PAUSED]))))
+                if paused:
+                    break
+                assert time.monotonic() < deadline, "the emergency run never paused"
+                await asyncio.sleep(0.5)
+            assert len(paused) == 1, paused
+            run = paused[0]
+            assert run.parameters["params"]["emergency"] is True
+            await resume_flow_run(run.id, run_input={"approve": False, "approver": "test"})
+            return str(run.id)
+
+
+def test_waits_for_a_short_import_then_restarts_and_interrupts_nothing(
+        quiet_lab: LabConfig, conn, dwops_run):
+    lab = quiet_lab
+    wait_no_imports(lab, conn)
+    user = unique("rwwait")
+    jobid, run = start_import(lab, conn, user, 6464, 8)
+    try:
+        before, counted = snapshot(lab), interrupted(lab)
+        rc, report, err = dwops_run(FLOW, "max_wait=40", *QUICK)
+        assert rc == 0, err[-2000:]
+        assert report["halted"] is None
+        idle = [g for g in report["gates"] if g["name"] == "importers are idle"]
+        assert not idle[0]["ok"] and f"{user}(6464)" in idle[0]["reason"]  # it waited ...
+        assert [g["ok"] for g in idle] == [False, True, True]  # ... until all were bored,
+        assert "after waiting" in idle[1]["reason"]  # then read again just before the restart
+        done = results(report)
+        assert done[("dfw-admin01", "restart workers")]["outcome"] == "done"
+        for h in jobs_hosts(lab):
+            assert done[(h, "verify workers")]["outcome"] == "done"
+            assert "new worker-manager pid" in done[(h, "verify workers")]["detail"]
+        queue = [r for r in report["results"] if r["action"] == "verify TheSchwartz queue"]
+        assert [r["outcome"] for r in queue] == ["done"]
+        readings = {r["what"] for r in report["readings"]}
+        assert {"TheSchwartz before", "TheSchwartz after"} <= readings
+
+        assert import_run(lab, conn, jobid)["status"] == "done"
+        assert_all_new(lab, before)
+        assert interrupted(lab) == counted
+    finally:
+        query(conn, "DELETE FROM job WHERE jobid = %s", (jobid,))
+
+
+def test_approved_emergency_restarts_during_an_import_and_names_it(quiet_lab: LabConfig, conn,
+                                                                    dwops_run):
+    lab = quiet_lab
+    wait_no_imports(lab, conn)
+    user = unique("rwemerg")
+    jobid, run = start_import(lab, conn, user, 7575, 120)
+    try:
+        before, counted = snapshot(lab), interrupted(lab)
+        rc, report, err = dwops_run(FLOW, "emergency=true", *QUICK, approve=True)
+        assert rc == 0, err[-2000:]
+        approval = [g for g in report["gates"] if g["name"] == "emergency approved"]
+        assert approval[0]["ok"] and "approved by the caller" in approval[0]["reason"]
+        assert f"{user}(7575): entries import on {run['host']} (pid {run['pid']})" \
+            in approval[0]["reason"]
+        restart = results(report)[("dfw-admin01", "restart workers")]
+        assert restart["outcome"] == "done" and f"{user}(7575)" in restart["detail"]
+
+        row = finished(lab, conn, jobid, 10)
+        assert row["status"] == "interrupted", row
+        assert_all_new(lab, before)
+        host = run["host"]
+        wait_for("the managers to count it", lambda: interrupted(lab)[host] > counted[host], 10)
+        now = interrupted(lab)
+        assert {h: now[h] - counted[h] for h in now} == {
+            h: int(h == run["host"]) for h in now}  # ours, and nothing else
+    finally:
+        query(conn, "DELETE FROM job WHERE jobid = %s", (jobid,))
