@@ -1,4 +1,5 @@
-"""memcached (pymemcache): read a node's `stats`, judge fill and hit ratio between two samples.
+"""memcached (pymemcache): read a node's `stats`, judge fill and hit ratio between two samples;
+restart a node (over SSH, the inventory's `memcached.restart`).
 
 One `pymemcache.Client` per node (HashClient has no `stats()`), with explicit timeouts: pymemcache
 has none by default.
@@ -9,16 +10,21 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from pymemcache.client.base import Client
 from pymemcache.exceptions import MemcacheError
 
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from dwops.errors import Unavailable
 from dwops.health import Check, Thresholds, Verdict, unreachable
 from dwops.inventory import Inventory
 from tasks.common import READ, per_host
+
+if TYPE_CHECKING:
+    from tasks.ssh import CommandResult
 
 
 class MemcacheUnavailable(Unavailable):
@@ -145,3 +151,32 @@ async def check_memcached(inventory: Inventory, thresholds: Thresholds,
     readings = await per_host(service.hosts, lambda h: read_memcache_samples(
         inventory.host(h).address, service.port or 11211, window))
     return [judge_memcache(h, r, thresholds) for h, r in readings.items()]
+
+
+# -- one node by its inventory name, and the restart -----------------------------------------------
+
+async def read_memcached_node(inventory: Inventory, host: str, timeout: float = 2.0
+                              ) -> MemcacheStats:
+    """Read `stats` from the memcached of inventory host `host`. Read-only; safe to retry.
+    Raises MemcacheUnavailable when it does not answer."""
+    port = inventory.service("memcached").port or 11211
+    return await asyncio.to_thread(read_memcache_stats, inventory.host(host).address, port, timeout)
+
+
+async def read_memcached_nodes(inventory: Inventory, hosts: list[str], timeout: float = 2.0
+                               ) -> dict[str, MemcacheStats | Unavailable]:
+    """`stats` of every given memcached host at once: each host's reading or its Unavailable
+    (retried once). Read-only."""
+    return await per_host(hosts, lambda h: read_memcached_node(inventory, h, timeout))
+
+
+@task(name="restart-memcached", cache_policy=NO_CACHE)
+async def restart_memcached(inventory: Inventory, host: str, *, timeout: float | None = None
+                            ) -> "CommandResult":
+    """Restart the memcached of `host` with the inventory's `memcached.restart` command over SSH.
+    Changes the host: the node comes back EMPTY, and every read it served falls through to the
+    databases until it is warm again. Never retried: the flow re-reads `stats` and decides."""
+    from tasks.ssh import ssh_pool
+
+    async with ssh_pool(inventory) as pool:
+        return await pool.run(host, "memcached.restart", timeout=timeout)
