@@ -80,9 +80,9 @@ def up(
     try:
         fleet.up(say=say)
         platform.start_server(say)
-        platform.deploy(say, inventory)
+        platform.deploy(say)
         platform.install_automations(say, inventory)
-        platform.start_worker(say)
+        platform.start_worker(say, inventory)
     except Exception as e:  # every step names what failed and where its log is
         err.print(f"[red]dwops up failed:[/] {e}")
         raise typer.Exit(1) from None

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class Verdict(str, Enum):
@@ -60,6 +60,8 @@ def unreachable(system: str, host: str, reason: str) -> Check:
 
 class Thresholds(BaseModel):
     """When a reading turns WARN or CRIT. Defaults follow Dreamwidth's own checks where it had any."""
+
+    model_config = ConfigDict(extra="forbid")
 
     schwartz_ready_warn: int = Field(150, ge=1, le=1_000_000,
                                      description="TheSchwartz jobs ready to run: warn at (dw-ops: 150)")

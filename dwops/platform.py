@@ -129,7 +129,7 @@ def prefect(*args: str, check: bool = True, env: dict[str, str] | None = None
                           env=env or client_env(), capture_output=True, text=True, check=check)
 
 
-def deploy(say: Say, inventory: str = "lab") -> None:
+def deploy(say: Say) -> None:
     if prefect("work-pool", "inspect", POOL, check=False).returncode != 0:
         say(f"creating the {POOL} process work pool")
         prefect("work-pool", "create", POOL, "--type", "process")
@@ -138,7 +138,7 @@ def deploy(say: Say, inventory: str = "lab") -> None:
         prefect("global-concurrency-limit", "create", MAINTENANCE_LIMIT, "--limit", "1")
     say("deploying every flow of prefect.yaml")
     env = client_env()
-    env.update(DWOPS_PROJECT_DIR=str(PROJECT_DIR), DWOPS_INVENTORY=inventory)
+    env.update(DWOPS_PROJECT_DIR=str(PROJECT_DIR))
     out = prefect("deploy", "--all", env=env, check=False)
     if out.returncode:
         raise RuntimeError(f"prefect deploy failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
@@ -156,13 +156,13 @@ def install_automations(say: Say, inventory: str = "lab") -> None:
     say(f"automations: {out.stdout.strip()}")
 
 
-def start_worker(say: Say) -> None:
+def start_worker(say: Say, inventory: str = "lab") -> None:
     if procs.read_pid(_pidfile("worker")):
         return
     say(f"starting a worker for the {POOL} pool")
     env = client_env()
     env.update(PREFECT_WORKER_QUERY_SECONDS="1", PREFECT_WORKER_PREFETCH_SECONDS="5",
-               DWOPS_PROJECT_DIR=str(PROJECT_DIR))
+               DWOPS_PROJECT_DIR=str(PROJECT_DIR), DWOPS_INVENTORY=inventory)
     procs.start([prefect_bin(), "worker", "start", "--pool", POOL, "--type", "process",
                  "--name", "dwops-worker"], _pidfile("worker"), _log("worker"), cwd=PROJECT_DIR,
                 env=env)

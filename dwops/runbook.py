@@ -13,22 +13,34 @@ readings before and after. A flow that stops early raises `RunbookHalted` carryi
 
 from __future__ import annotations
 
+import os
 import re
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from enum import Enum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 SAFE_TEXT = r"^[A-Za-z0-9 _.,:;()/#@+=-]*$"
 
 
-class ChangeParams(BaseModel):
-    """Parameters every change flow takes."""
+def default_inventory() -> str:
+    """The worker's inventory (`DWOPS_INVENTORY`: production workers set `production`), else
+    the lab's. A run that names no inventory acts on the one its worker is for."""
+    return os.environ.get("DWOPS_INVENTORY") or "lab"
 
-    inventory: str = Field("lab", min_length=1, max_length=500, pattern=r"^[A-Za-z0-9_./~-]+$",
+
+class ChangeParams(BaseModel):
+    """Parameters every change flow takes. Unknown keys are refused: a misspelt parameter must
+    never silently fall back to its default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    inventory: str = Field(default_factory=default_inventory, min_length=1, max_length=500, pattern=r"^[A-Za-z0-9_./~-]+$",
                            description="`lab`, `production`, or the path of an inventory file")
     dry_run: bool = Field(False, description="compute and publish the plan, change nothing")
     reason: str = Field("", max_length=200, pattern=SAFE_TEXT,
@@ -252,3 +264,26 @@ def hosts_of(inventory: Any, service: str, wanted: list[str] | None) -> list[str
 HOST_LIST = Field(default_factory=list, max_length=50,
                   description="only these hosts (default: every host of the service)")
 HostName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,62}$", description="an inventory host")]
+
+
+@asynccontextmanager
+async def maintenance(report: Report) -> AsyncIterator[None]:
+    """Hold the fleet-wide maintenance lock (dwops.maintenance) for everything inside. When
+    another maintenance run holds it, nothing is changed: the report says so and the run fails."""
+    from dwops.maintenance import MaintenanceBusy, maintenance_window
+
+    window = maintenance_window(report.flow)
+    try:
+        await window.__aenter__()
+    except MaintenanceBusy as e:
+        report.halt(str(e))
+        report.finished = time.time()
+        await publish_report(report)
+        raise RunbookHalted(report) from None
+    try:
+        yield
+    except BaseException as e:
+        if not await window.__aexit__(type(e), e, e.__traceback__):
+            raise
+    else:
+        await window.__aexit__(None, None, None)

@@ -20,10 +20,11 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
 from prefect.events import emit_event
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from dwops.health import Check, Thresholds, Verdict, worst
 from dwops.inventory import Inventory, resolve_inventory
+from dwops.runbook import default_inventory
 from tasks.aws import check_alb, check_aurora_cluster, check_edge, check_ses
 from tasks.database import check_db_load, check_schwartz
 from tasks.ddlockd import check_ddlockd
@@ -38,7 +39,9 @@ from tasks.web import check_webs
 class FleetStatusParams(BaseModel):
     """What to read and when a reading is a problem."""
 
-    inventory: str = Field("lab", min_length=1, max_length=500, pattern=r"^[A-Za-z0-9_./~-]+$",
+    model_config = ConfigDict(extra="forbid")
+
+    inventory: str = Field(default_factory=default_inventory, min_length=1, max_length=500, pattern=r"^[A-Za-z0-9_./~-]+$",
                            description="`lab`, `production`, or the path of an inventory file")
     thresholds: Thresholds = Field(default_factory=Thresholds)
 

@@ -49,7 +49,7 @@ from pydantic import Field, model_validator
 
 from dwops.errors import Unavailable
 from dwops.inventory import resolve_inventory
-from dwops.runbook import (HOST_LIST, BadParameters, ChangeParams, Gate, HostName, Outcome, Plan,
+from dwops.runbook import (maintenance, HOST_LIST, BadParameters, ChangeParams, Gate, HostName, Outcome, Plan,
                            Report, Step, finish, hosts_of, publish_plan)
 from tasks.aws import AwsError, MetricPoint, read_aurora_metrics
 from tasks.common import attempt
@@ -132,7 +132,7 @@ async def restart_memcache(params: RestartMemcacheParams = RestartMemcacheParams
         return await finish(report, log)
     run = _Run(inventory, params, report, log)
 
-    async with ssh_session(inventory):
+    async with maintenance(report), ssh_session(inventory):
         # 3. Every node before.
         await run.read_nodes(every_node, "before")
 

@@ -39,7 +39,7 @@ from pydantic import ConfigDict, Field
 from dwops.approval import emergency_approved
 from dwops.errors import Unavailable
 from dwops.inventory import Inventory, resolve_inventory
-from dwops.runbook import (BadParameters, EmergencyParams, Gate, Outcome, Plan, Report, Step,
+from dwops.runbook import (maintenance, BadParameters, EmergencyParams, Gate, Outcome, Plan, Report, Step,
                            finish, publish_plan)
 from tasks.common import attempt
 from tasks.database import DatabaseRefused, read_schwartz_queue
@@ -116,7 +116,7 @@ async def restart_workers(params: RestartWorkersParams = RestartWorkersParams())
         log.info("dry run: plan published, nothing read or changed")
         return await finish(report, log)
 
-    async with ssh_session(inventory):
+    async with maintenance(report), ssh_session(inventory):
         # 3. Every jobs host's workers.
         readings = await _read_or_halt(inventory, report, log, "before")
         if readings is None:
