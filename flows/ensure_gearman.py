@@ -128,7 +128,9 @@ async def ensure_gearman(params: EnsureGearmanParams = EnsureGearmanParams()) ->
                 report.halt(f"gearman on {h} answers but cannot be read")
                 break
 
-            down = report.gate(gearman_is_down(h, reading))
+            down = gearman_is_down(h, reading)
+            if down.ok or not params.restart:  # a running server's restart: the lost-jobs gate
+                report.gate(down)
             if not down.ok and not params.restart:
                 log.info("%s: %s; left alone", h, down.reason)
                 report.record(h, action, Outcome.SKIPPED,
@@ -190,11 +192,13 @@ async def ensure_gearman(params: EnsureGearmanParams = EnsureGearmanParams()) ->
                 report.halt(f"gearman on {h} did not come up")
                 break
 
-            if workers_wanted:
+            if verb == "restarted":  # its workers were connected: they must come back
                 answer = await _wait_workers(probe, h, workers_wanted, answer,
                                              params.verify_seconds)
+                health = report.gate(workers_are_back(h, answer, workers_wanted))
+            else:
+                health = Gate("workers are back", True, "started from down: no workers to expect")
             report.reading(f"{h} after", _figures(answer))
-            health = report.gate(workers_are_back(h, answer, workers_wanted))
             if not health.ok:
                 why = f"{verb} and answers, but {health.reason}"
                 if lost:
@@ -243,7 +247,7 @@ def gearman_is_down(host: str, reading: Reading) -> Gate:
     if isinstance(reading, GearmanReading):
         jobs = held_jobs(reading)
         return Gate("gearman is down", False,
-                    f"answers ({_server(reading)}, {len(reading.queues)} functions, "
+                    f"answers ({_server(reading)}, {_count(len(reading.queues), 'function')}, "
                     f"holds {describe_jobs(jobs) if jobs else 'no jobs'})",
                     {"host": host})
     return Gate("gearman is down", True, f"no answer: {reading}", {"host": host})
@@ -297,7 +301,11 @@ def describe_jobs(jobs: dict[str, dict[str, int]]) -> str:
         counts = [f"{j['waiting']} waiting"] if j["waiting"] else []
         counts += [f"{j['running']} running"] if j["running"] else []
         parts.append(f"{f}: {', '.join(counts)}")
-    return f"{total} job{'s' if total != 1 else ''} ({'; '.join(parts)})"
+    return f"{_count(total, 'job')} ({'; '.join(parts)})"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 # -- helpers ------------------------------------------------------------------------------------

@@ -7,12 +7,19 @@ Ground truth is the lab's own: the gearmand pid files and the servers' admin `st
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+import urllib.request
 
+from pathlib import Path
+
+from flows.ensure_gearman import (describe_jobs, gearman_is_down, held_jobs, plan_ensure_gearman,
+                                  queued_jobs_may_be_lost, workers_are_back)
 from lab import ctl, procs, services
 from lab.config import LabConfig
 from lab.gearman_worker import Worker, submit_background
-from tasks.gearman import QueueDepth, read_gearman_status
+from tasks.gearman import (GearmanReading, GearmanUnavailable, QueueDepth, parse_gearman_status,
+                           parse_gearman_version, read_gearman_status)
 
 UNWORKED = "dw_lab_ensure_gearman_unworked"  # a function no lab worker serves
 
@@ -49,6 +56,59 @@ def drain(lab: LabConfig, host: str, function: str, seconds: float = 10) -> None
 
     asyncio.run(go())
 
+
+def recorded(name: str) -> str:
+    """A reply recorded from the real Perl job server (tests/fixtures/gearman)."""
+    return (Path(__file__).parent / "fixtures" / "gearman" / name).read_bytes().decode()
+
+
+def perl_reading(status: str) -> GearmanReading:
+    return GearmanReading(parse_gearman_version(recorded("perl-version.txt")),
+                          parse_gearman_status(recorded(status)))
+
+
+# -- the guards, on recorded replies (pure) ------------------------------------------------------
+
+def test_the_guards_name_every_job_a_restart_would_lose():
+    busy, empty = perl_reading("perl-status.txt"), perl_reading("perl-status-empty.txt")
+    down = GearmanUnavailable("127.20.0.22", 7003, "Connection refused")
+    assert held_jobs(busy) == {"dw\tlab_prefixed": {"waiting": 2, "running": 0},
+                               "lab_noworker": {"waiting": 5, "running": 0},
+                               "lab_work": {"waiting": 27, "running": 1}}
+    assert describe_jobs(held_jobs(busy)) == ("35 jobs (dw\tlab_prefixed: 2 waiting; "
+                                              "lab_noworker: 5 waiting; "
+                                              "lab_work: 27 waiting, 1 running)")
+
+    refused = queued_jobs_may_be_lost({"j1": busy, "j2": empty, "j3": down}, accepted=False)
+    assert not refused.ok
+    assert refused.reason.startswith("a restart would lose j1: 35 jobs (")
+    assert "j3 down: run without restart=true to start it" in refused.reason
+    assert refused.readings == {"j1": {"dw\tlab_prefixed": 2, "lab_noworker": 5, "lab_work": 28}}
+    accepted = queued_jobs_may_be_lost({"j1": busy, "j2": empty}, accepted=True)
+    assert accepted.ok and accepted.reason.startswith("accept_lost_jobs=true: will lose j1: 35")
+    assert queued_jobs_may_be_lost({"j2": empty, "j3": down}, accepted=False).ok
+
+    assert gearman_is_down("j3", down).ok
+    running = gearman_is_down("j1", busy)
+    assert not running.ok and running.reason.startswith("answers (perl 1.130.1, 4 functions")
+
+    assert workers_are_back("j1", busy, ["lab_work", "lab_other"]).ok
+    missing = workers_are_back("j1", busy, ["lab_work", "lab_noworker"])
+    assert not missing.ok and missing.reason == "no worker registered again for lab_noworker"
+
+
+def test_the_plan_says_what_a_restart_costs():
+    plain = plan_ensure_gearman("lab", ["a", "b"], restart=False, accept_lost_jobs=False)
+    assert [(s.host, s.action) for s in plain.steps] == [("a", "start if down"),
+                                                          ("b", "start if down")]
+    assert any("never touched" in g for g in plain.gates)
+    restart = plan_ensure_gearman("lab", ["a"], restart=True, accept_lost_jobs=False)
+    assert restart.steps[0].action == "start or restart"
+    assert any("accept_lost_jobs=true (not given" in g for g in restart.gates)
+    assert "loses every job" in restart.markdown()
+
+
+# -- the flow, on the lab ------------------------------------------------------------------------
 
 def by_host(report: dict) -> dict[str, dict]:
     return {r["host"]: r for r in report["results"]}
@@ -144,33 +204,30 @@ def test_dry_run_plans_and_changes_nothing(lab: LabConfig, dwops_run, prefect_ap
     assert report["dry_run"] and report["results"] == [] and report["readings"] == []
     assert {h: pid(lab, h) for h in pids} == pids
 
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import (ArtifactCollectionFilter,
-                                                ArtifactCollectionFilterKey)
-
-    async def latest_plan() -> str:
-        async with get_client() as client:
-            found = await client.read_latest_artifacts(
-                artifact_filter=ArtifactCollectionFilter(
-                    key=ArtifactCollectionFilterKey(any_=["ensure-gearman-plan"])))
-            return found[0].data
-
-    plan = asyncio.run(latest_plan())
+    # The plan the dry run published: the latest `ensure-gearman-plan` artifact on the API.
+    body = json.dumps({"artifacts": {"key": {"any_": ["ensure-gearman-plan"]}}}).encode()
+    request = urllib.request.Request(f"{prefect_api}/artifacts/latest/filter", data=body,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as reply:
+        [artifact] = json.load(reply)
+    plan = artifact["data"]
     assert "| 1 | dfw-jobs01 | start or restart |" in plan
     assert "| 2 | dfw-jobs02 | start or restart |" in plan
 
 
 def test_bad_parameters_are_refused_before_any_host_is_touched(lab: LabConfig, dwops_run):
     pids = {h: pid(lab, h) for h in ("dfw-jobs01", "dfw-jobs02")}
-    rc, report, err = dwops_run("ensure-gearman", "verify_seconds=0")
+
+    def refused(*params: str) -> tuple[int, str]:
+        rc, _report, err = dwops_run("ensure-gearman", *params)
+        return rc, " ".join(err.split())  # the console wraps long lines
+
+    rc, err = refused("verify_seconds=0")
     assert rc == 2 and "verify_seconds" in err
-    rc, report, err = dwops_run("ensure-gearman", 'hosts=["dfw-jobs01; reboot"]')
+    rc, err = refused('hosts=["dfw-jobs01; reboot"]')
     assert rc == 2 and "hosts.0" in err
-    rc, report, err = dwops_run("ensure-gearman", "accept_lost_jobs=true")
-    assert rc == 2 and "only applies with restart=true" in err
-    rc, report, err = dwops_run("ensure-gearman", "restart=yes-please")
-    assert rc == 2 and "restart" in err
-    rc, report, err = dwops_run("ensure-gearman", 'hosts=["dfw-jobs09"]', "restart=true",
-                                "accept_lost_jobs=true")
+    rc, err = refused("accept_lost_jobs=true")
+    assert rc == 2 and "accept_lost_jobs=true only applies with restart=true" in err
+    rc, err = refused('hosts=["dfw-jobs09"]', "restart=true", "accept_lost_jobs=true")
     assert rc == 1 and "dfw-jobs09: not a gearman host of inventory 'lab'" in err
     assert {h: pid(lab, h) for h in pids} == pids
