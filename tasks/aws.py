@@ -889,3 +889,363 @@ async def check_edge(inventory: Inventory, thresholds: Thresholds) -> list[Check
     return [judge_cloudfront(distribution, name),
             judge_waf(ip_set, aws.waf_ip_set, aws.waf_scope)]
 
+
+
+# -- ALB changes (restart-webs: one web out of the target group and back) ---------------------------
+
+from prefect.cache_policies import NO_CACHE  # noqa: E402 - kept with the section that uses it
+
+NOT_REGISTERED_REASON = "Target.NotRegistered"
+
+
+def parse_one_target_health(reply: Mapping[str, Any], host: str, target_id: str,
+                            port: int | None = None) -> TargetState:
+    """`elbv2.describe_target_health(Targets=[one])`: that target's state. AWS answers a target
+    that is not in the group with reason `Target.NotRegistered` (state `unused`; moto says
+    `unavailable`): that, or a reply without the target, is "unregistered"."""
+    for d in reply.get("TargetHealthDescriptions") or []:
+        target = d.get("Target") or {}
+        if str(target.get("Id")) != target_id:
+            continue
+        if port is not None and target.get("Port") not in (None, port):
+            continue
+        health = d.get("TargetHealth") or {}
+        if health.get("Reason") == NOT_REGISTERED_REASON:
+            return TargetState(host, target_id, "unregistered", "not in target group")
+        why = ": ".join(str(health[k]) for k in ("Reason", "Description") if health.get(k))
+        return TargetState(host, target_id, str(health.get("State", "unknown")), why)
+    return TargetState(host, target_id, "unregistered", "not in target group")
+
+
+def _web_target(inventory: Inventory, host: str) -> dict[str, Any]:
+    """The target-group entry of a web (`Id` from inventory.aws.alb.targets, the target port)."""
+    alb = inventory.aws.alb
+    if host not in alb.targets:
+        raise AwsNotFound("elbv2", f"the inventory names no ALB target for {host}")
+    return {"Id": alb.targets[host], "Port": alb.target_port}
+
+
+async def _target_group_arn(inventory: Inventory) -> str:
+    name = inventory.aws.alb.target_group
+    groups = await _call("elbv2", lambda: clients(inventory).elbv2.describe_target_groups(
+        Names=[name]))
+    return parse_target_group_arn(groups, name)
+
+
+async def read_web_target(inventory: Inventory, host: str) -> TargetState:
+    """One web's registration and health in the ALB's target group (resolved by name): healthy,
+    initial, unhealthy, draining, unused, unavailable or "unregistered". Read-only; safe to
+    retry."""
+    target = _web_target(inventory, host)
+    arn = await _target_group_arn(inventory)
+    reply = await _call("elbv2", lambda: clients(inventory).elbv2.describe_target_health(
+        TargetGroupArn=arn, Targets=[target]))
+    return parse_one_target_health(reply, host, target["Id"], target["Port"])
+
+
+@task(name="deregister-web", cache_policy=NO_CACHE)
+async def deregister_web(inventory: Inventory, host: str) -> None:
+    """Take one web out of the ALB's target group: the ALB sends it no new requests (a real ALB
+    lets its open connections finish for the group's deregistration delay). Changes the ALB.
+    AWS treats a repeat as a no-op; the flow re-reads the target's state and decides."""
+    target = _web_target(inventory, host)
+    arn = await _target_group_arn(inventory)
+    await _call("elbv2", lambda: clients(inventory).elbv2.deregister_targets(
+        TargetGroupArn=arn, Targets=[target]))
+
+
+@task(name="register-web", cache_policy=NO_CACHE)
+async def register_web(inventory: Inventory, host: str) -> None:
+    """Put one web back into the ALB's target group: the ALB sends it requests once its health
+    checks pass (state `initial`, then `healthy`). Changes the ALB. AWS treats a repeat as a
+    no-op; the flow re-reads the target's state and decides."""
+    target = _web_target(inventory, host)
+    arn = await _target_group_arn(inventory)
+    await _call("elbv2", lambda: clients(inventory).elbv2.register_targets(
+        TargetGroupArn=arn, Targets=[target]))
+
+
+# -- WAF and CloudFront changes -----------------------------------------------------------------
+# The block-address and purge-cdn flows' changes (flows/block_address.py, flows/purge_cdn.py).
+# WAF: an IP set is changed by read (its LockToken) -> update_ip_set with that token; a concurrent
+# change makes the update fail with WAFOptimisticLockException, and only then is the set re-read
+# and the same change (add these, remove those) computed afresh and tried again. Expiries of
+# blocked addresses live in the IP set's own tags (`dwops-expires/<cidr, "/" as "_">` = ISO UTC
+# time), so they survive between runs with the set itself.
+# CloudFront: one invalidation per run (CallerReference makes a repeated request idempotent),
+# then get_invalidation polled until Completed or a deadline.
+
+from prefect.cache_policies import NO_CACHE  # noqa: E402
+import time as _time  # noqa: E402
+
+EXPIRY_TAG_PREFIX = "dwops-expires/"
+WAF_MAX_TAGS = 50  # per resource (AWS WAFv2 TagResource)
+WAF_MAX_ADDRESSES = 10_000  # per IP set (AWS WAF quota)
+WAF_UPDATE_ATTEMPTS = 4  # in all; only a WAFOptimisticLockException is tried again
+
+
+@dataclass(frozen=True)
+class IpSetState:
+    """The IP set as one `get_ip_set` read it, with its expiry tags.
+
+    `expiries`: normalised CIDR -> expiry (aware UTC); `malformed`: tag keys under the expiry
+    prefix that do not name a CIDR or hold no ISO time (reported, never acted on);
+    `tag_count`: every tag of the set (AWS allows WAF_MAX_TAGS)."""
+
+    ip_set: IpSet
+    arn: str
+    description: str
+    lock_token: str
+    scope: str
+    expiries: Mapping[str, dt.datetime]
+    malformed: tuple[str, ...] = ()
+    tag_count: int = 0
+
+
+@dataclass(frozen=True)
+class IpSetChange:
+    """What `update_waf_ip_set` found and wrote. `written` False: the set already was as wanted."""
+
+    before: tuple[str, ...]
+    after: tuple[str, ...]
+    attempts: int
+    written: bool
+
+
+@dataclass(frozen=True)
+class InvalidationWait:
+    """How waiting for an invalidation ended: `completed`, or the last status / error seen."""
+
+    invalidation: Invalidation | None
+    completed: bool
+    seconds: float
+    polls: int
+    error: str = ""
+
+
+def expiry_tag_key(cidr: str) -> str:
+    """The tag key holding `cidr`'s expiry: `dwops-expires/203.0.113.7_32` ("/" is kept for the
+    prefix only, so the key maps back to exactly one CIDR)."""
+    return EXPIRY_TAG_PREFIX + cidr.replace("/", "_")
+
+
+def format_expiry(when: dt.datetime) -> str:
+    """An expiry as a tag value: ISO 8601 UTC to the second, e.g. 2026-01-02T03:04:05Z."""
+    return (_utc(when) or _now()).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_expiry_tags(tags: Sequence[Mapping[str, Any]]
+                      ) -> tuple[dict[str, dt.datetime], tuple[str, ...]]:
+    """`wafv2.list_tags_for_resource` TagList: ({normalised CIDR: expiry}, malformed keys).
+    Tags outside the expiry prefix are ignored."""
+    expiries: dict[str, dt.datetime] = {}
+    malformed: list[str] = []
+    for tag in tags:
+        key, value = str(tag.get("Key", "")), str(tag.get("Value", ""))
+        if not key.startswith(EXPIRY_TAG_PREFIX):
+            continue
+        try:
+            cidr = str(ipaddress.ip_network(key[len(EXPIRY_TAG_PREFIX):].replace("_", "/")))
+            when = _utc(dt.datetime.fromisoformat(value.replace("Z", "+00:00")))
+        except ValueError:
+            malformed.append(key)
+            continue
+        if when is None:
+            malformed.append(key)
+            continue
+        expiries[cidr] = when
+    return expiries, tuple(malformed)
+
+
+def _network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    try:
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return None
+
+
+def merge_addresses(current: Sequence[str], add: Sequence[str] = (),
+                    remove: Sequence[str] = ()) -> tuple[str, ...]:
+    """The IP set's address list with `remove` taken out and `add` appended (pure).
+
+    Entries are compared as networks, so `2001:DB8::1/128` and `2001:db8::1/128` are one; the
+    order and spelling of entries that stay are kept; an address already present is not added
+    twice; removing one that is absent does nothing. A broader entry that merely covers a removed
+    address is kept (never split)."""
+    gone = {n for r in remove if (n := _network(r)) is not None}
+    out = [a for a in current if _network(a) not in gone]
+    present = {n for a in out if (n := _network(a)) is not None}
+    for a in add:
+        n = _network(a)
+        if n is not None and n not in present:
+            out.append(str(n))
+            present.add(n)
+    return tuple(out)
+
+
+def parse_ip_set_state(reply: Mapping[str, Any], tags: Sequence[Mapping[str, Any]],
+                       scope: str) -> IpSetState:
+    """`wafv2.get_ip_set` (with its LockToken) and the set's tags: where a change starts from."""
+    ip_set = parse_ip_set(reply)
+    s = reply.get("IPSet") or {}
+    expiries, malformed = parse_expiry_tags(tags)
+    return IpSetState(ip_set, str(s.get("ARN", "")), str(s.get("Description") or ""),
+                      str(reply.get("LockToken", "")), scope, expiries, malformed, len(tags))
+
+
+async def read_waf_ip_set_state(inventory: Inventory) -> IpSetState:
+    """The inventory's WAF IP set (found as `read_waf_ip_set` finds it), its LockToken, ARN and
+    expiry tags. Read-only; safe to retry."""
+    aws = inventory.aws
+    found = await read_waf_ip_set(inventory)  # finds the id by name when the inventory has none
+
+    def read() -> IpSetState:
+        waf = clients(inventory).wafv2
+        reply = waf.get_ip_set(Name=aws.waf_ip_set, Scope=aws.waf_scope, Id=found.id)
+        arn = reply["IPSet"]["ARN"]
+        tags: list[Mapping[str, Any]] = []
+        kwargs: dict[str, Any] = {"ResourceARN": arn, "Limit": 100}
+        while True:
+            page = waf.list_tags_for_resource(**kwargs)
+            tags += (page.get("TagInfoForResource") or {}).get("TagList") or []
+            if not page.get("NextMarker"):
+                break
+            kwargs["NextMarker"] = page["NextMarker"]
+        return parse_ip_set_state(reply, tags, aws.waf_scope)
+
+    return await _call("wafv2", read)
+
+
+def _is_lock_conflict(exc: Exception) -> bool:
+    return (isinstance(exc, ClientError)
+            and exc.response.get("Error", {}).get("Code") == "WAFOptimisticLockException")
+
+
+@task(name="update-waf-ip-set", cache_policy=NO_CACHE)
+async def update_waf_ip_set(inventory: Inventory, set_id: str, add: Sequence[str] = (),
+                            remove: Sequence[str] = (), *,
+                            attempts: int = WAF_UPDATE_ATTEMPTS) -> IpSetChange:
+    """Add and remove addresses in the inventory's WAF IP set. Changes what the edge blocks.
+
+    Reads the set (addresses, LockToken), writes `merge_addresses(...)` with that token, and only
+    when AWS answers WAFOptimisticLockException (someone changed the set in between) reads it again
+    and recomputes; any other error is raised (AwsError). Writes nothing when the set already is
+    as wanted. Keeps the set's description (an update replaces every field)."""
+    aws = inventory.aws
+
+    def apply() -> IpSetChange:
+        waf = clients(inventory).wafv2
+        for attempt in range(1, attempts + 1):
+            reply = waf.get_ip_set(Name=aws.waf_ip_set, Scope=aws.waf_scope, Id=set_id)
+            s = reply["IPSet"]
+            before = tuple(str(a) for a in s.get("Addresses") or ())
+            after = merge_addresses(before, add, remove)
+            if after == before:
+                return IpSetChange(before, after, attempt, False)
+            kwargs: dict[str, Any] = dict(Name=aws.waf_ip_set, Scope=aws.waf_scope, Id=set_id,
+                                          Addresses=list(after), LockToken=reply["LockToken"])
+            if s.get("Description"):
+                kwargs["Description"] = s["Description"]
+            try:
+                waf.update_ip_set(**kwargs)
+            except ClientError as e:
+                if _is_lock_conflict(e) and attempt < attempts:
+                    _time.sleep(0.2 * attempt)  # let the other writer finish
+                    continue
+                raise
+            return IpSetChange(before, after, attempt, True)
+        raise AssertionError("unreachable")
+
+    return await _call("wafv2", apply)
+
+
+@task(name="set-waf-expiries", cache_policy=NO_CACHE)
+async def set_waf_expiries(inventory: Inventory, arn: str,
+                           expiries: Mapping[str, dt.datetime]) -> None:
+    """Record when each blocked CIDR expires, as tags on the IP set (overwriting an older expiry
+    of the same CIDR). Changes the set's tags only; repeating it is harmless."""
+    tags = [{"Key": expiry_tag_key(c), "Value": format_expiry(t)} for c, t in expiries.items()]
+    if tags:
+        await _call("wafv2", lambda: clients(inventory).wafv2.tag_resource(
+            ResourceARN=arn, Tags=tags))
+
+
+@task(name="clear-waf-expiries", cache_policy=NO_CACHE)
+async def clear_waf_expiries(inventory: Inventory, arn: str, cidrs: Sequence[str]) -> None:
+    """Forget the expiries of `cidrs` (remove their tags from the IP set). Changes the set's tags
+    only; removing a tag that is absent is harmless."""
+    keys = [expiry_tag_key(c) for c in cidrs]
+    if keys:
+        await _call("wafv2", lambda: clients(inventory).wafv2.untag_resource(
+            ResourceARN=arn, TagKeys=keys))
+
+
+# CloudFront's documented statuses are InProgress and Completed (moto says COMPLETED).
+_INVALIDATION_STATUS = {"completed": "Completed", "inprogress": "InProgress"}
+
+
+def parse_invalidation(reply: Mapping[str, Any]) -> Invalidation:
+    """`cloudfront.create_invalidation` / `get_invalidation`: its id, status (spelled as AWS
+    documents it: InProgress, Completed) and creation time."""
+    i = reply.get("Invalidation")
+    if not i or "Id" not in i:
+        raise AwsNotFound("cloudfront", "the reply holds no invalidation")
+    raw = str(i.get("Status", ""))
+    status = _INVALIDATION_STATUS.get(raw.replace("_", "").replace(" ", "").lower(), raw)
+    return Invalidation(str(i["Id"]), status, _utc(i.get("CreateTime")))
+
+
+def invalidation_completed(invalidation: Invalidation) -> bool:
+    return invalidation.status == "Completed"
+
+
+@task(name="create-cdn-invalidation", cache_policy=NO_CACHE)
+async def create_cdn_invalidation(inventory: Inventory, distribution_id: str,
+                                  paths: Sequence[str], caller_reference: str) -> Invalidation:
+    """Ask CloudFront to drop `paths` from every edge cache of the distribution. Changes the CDN
+    (the next requests for those paths go to the origin). The same caller_reference with the
+    same paths returns the invalidation already made instead of a second one."""
+    batch = {"Paths": {"Quantity": len(paths), "Items": list(paths)},
+             "CallerReference": caller_reference}
+    reply = await _call("cloudfront", lambda: clients(inventory).cloudfront.create_invalidation(
+        DistributionId=distribution_id, InvalidationBatch=batch))
+    return parse_invalidation(reply)
+
+
+async def read_invalidation(inventory: Inventory, distribution_id: str,
+                            invalidation_id: str) -> Invalidation:
+    """One invalidation of the distribution (status). Read-only; safe to retry."""
+    reply = await _call("cloudfront", lambda: clients(inventory).cloudfront.get_invalidation(
+        DistributionId=distribution_id, Id=invalidation_id))
+    return parse_invalidation(reply)
+
+
+async def wait_for_invalidation(inventory: Inventory, distribution_id: str,
+                                invalidation_id: str, timeout: float,
+                                poll: float = 5.0) -> InvalidationWait:
+    """Poll `get_invalidation` until Completed or `timeout` seconds (first poll at once, then
+    every 1, 2, 4... up to `poll` s). A transient error is polled through; an error that is not
+    transient, or the deadline, ends the wait. Read-only."""
+    started = asyncio.get_running_loop().time()
+    deadline = started + timeout
+    last: Invalidation | None = None
+    error, polls, delay = "", 0, 1.0
+    while True:
+        polls += 1
+        try:
+            last = await read_invalidation(inventory, distribution_id, invalidation_id)
+            error = ""
+        except Unavailable as e:
+            error = str(e)
+        except AwsError as e:
+            return InvalidationWait(last, False, asyncio.get_running_loop().time() - started,
+                                    polls, str(e))
+        now = asyncio.get_running_loop().time()
+        if last is not None and invalidation_completed(last):
+            return InvalidationWait(last, True, now - started, polls)
+        if now >= deadline:
+            return InvalidationWait(last, False, now - started, polls,
+                                    error or f"still {last.status if last else 'unknown'} "
+                                             f"after {timeout:g} s")
+        await asyncio.sleep(min(delay, poll, max(0.0, deadline - now)))
+        delay *= 2

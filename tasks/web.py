@@ -16,6 +16,9 @@ Every request has a timeout covering connect, write, read and pool waits. Proxie
 environment are ignored (`trust_env=False`): the webs are reached directly, never through a proxy.
 A refused, reset or timed-out request raises `WebUnavailable` (transient, safe to retry a read); a
 reply that is not what the page prints raises `WebBadReply`.
+
+For restart-webs, a web's process is read and restarted over SSH (`read_web_process`,
+`restart_web`) with the inventory's `web.status` and `web.restart` commands, through tasks.ssh.
 """
 
 from __future__ import annotations
@@ -23,17 +26,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import httpx
 from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import MissingContextError
 
 from dwops.errors import Unavailable
 from dwops.health import Check, Thresholds, Verdict, unreachable
 from dwops.inventory import Inventory
 from tasks.common import READ, attempt
+
+if TYPE_CHECKING:
+    from tasks.ssh import CommandResult
 
 DEFAULT_HEALTH_PATH = "/admin/healthy"
 DEFAULT_INFLIGHT_PATH = "/admin/inflight"
@@ -252,3 +261,54 @@ async def check_webs(inventory: Inventory, thresholds: Thresholds,
     for c in checks:
         log.info("%s %s %s: %s", c.system, c.host, c.verdict.value, c.reason)
     return checks
+
+
+# -- restart-webs: a web's process over SSH, and its restart ----------------------------------------
+#
+# The inventory's `web.status` (an init script's `status`) and `web.restart` (dw-ops'
+# `bin/bounce-apache`) run over SSH (tasks.ssh); nothing else reaches a web's shell.
+
+
+@dataclass(frozen=True)
+class WebProcess:
+    """What a web's init script `status` said: running or not, and its pid when it names one."""
+
+    running: bool
+    pid: int | None
+    text: str
+
+
+_PID_RE = re.compile(r"\bpid\s+(\d+)\b", re.IGNORECASE)
+
+
+def parse_init_status(exit_status: int, output: str) -> WebProcess:
+    """An init script's `status` (LSB: exit 0 running, 3 not running; other codes unknown, read
+    as not running) as WebProcess. The pid is read from `pid N` in the output when present (the
+    lab's script and many distributions' print it; Debian's apache2 script does not: None)."""
+    text = " ".join(output.split())[:200]
+    found = _PID_RE.search(output)
+    return WebProcess(exit_status == 0, int(found.group(1)) if found and exit_status == 0 else None,
+                      text)
+
+
+async def read_web_process(inventory: Inventory, host: str) -> WebProcess:
+    """Run the web's `web.status` over SSH and parse it. Read-only; safe to retry (raises
+    tasks.ssh.SshUnavailable when the host cannot be reached)."""
+    from tasks.ssh import ssh_pool
+
+    async with ssh_pool(inventory) as pool:
+        result = await pool.run(host, "web.status", timeout=30)
+    return parse_init_status(result.exit_status, result.stdout + result.stderr)
+
+
+@task(name="restart-web", cache_policy=NO_CACHE)
+async def restart_web(inventory: Inventory, host: str) -> "CommandResult":
+    """Restart one web with the inventory's `web.restart` (dw-ops' `bin/bounce-apache`) over SSH.
+    Changes the host: its requests in progress are cut off unless it was drained first. Never
+    retried: the flow reads `/admin/healthy` afterwards and decides. A non-zero exit is a result;
+    an unreachable host raises tasks.ssh.SshUnavailable (the command did not run, or its end is
+    unknown)."""
+    from tasks.ssh import ssh_pool
+
+    async with ssh_pool(inventory) as pool:
+        return await pool.run(host, "web.restart")
