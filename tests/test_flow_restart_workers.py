@@ -411,3 +411,33 @@ def test_approved_emergency_restarts_during_an_import_and_names_it(quiet_lab: La
             h: int(h == run["host"]) for h in now}  # ours, and nothing else
     finally:
         query(conn, "DELETE FROM job WHERE jobid = %s", (jobid,))
+
+
+def test_a_second_maintenance_run_is_refused_while_one_holds_the_lock(quiet_lab: LabConfig, conn,
+                                                                      dwops_run):
+    """restart-workers waiting on a busy import holds `dwops-maintenance`: a restart-memcache
+    started meanwhile is refused at once and touches no memcached node."""
+    lab = quiet_lab
+    wait_no_imports(lab, conn)
+    nodes = [h.name for h in lab.hosts_with("memcache")]
+
+    def memcached_pids() -> dict[str, int | None]:
+        return {h: procs.read_pid(services.find(lab, "memcached", h).pidfile) for h in nodes}
+
+    user = unique("lockholder")
+    jobid, _ = start_import(lab, conn, user, 990777, 30)
+    holder = dwops_run("restart-workers", "max_wait=12", "poll_seconds=1", background=True)
+    try:
+        time.sleep(7)  # the holder has started, read the busy import and is waiting on it
+        assert holder.poll() is None, holder.communicate()
+        before = memcached_pids()
+        rc, report, err = dwops_run("restart-memcache")
+        assert rc == 1, err[-2000:]
+        assert "holds 'dwops-maintenance'; nothing was changed" in err
+        assert report and report["halted"] and not any(
+            r["outcome"] == "done" for r in report["results"])
+        assert memcached_pids() == before
+    finally:
+        out, errs = holder.communicate(timeout=120)
+    assert holder.returncode == 1 and "refused" in errs  # it never restarted a busy import
+    assert finished(lab, conn, jobid, 60)["status"] == "done"
