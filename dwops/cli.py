@@ -212,6 +212,25 @@ def run(
     use_project_prefect()
     import asyncio
 
+    flow, model, values = _params_for(name, param, inventory, approve=approve)
+    params = model(**values)
+    state = asyncio.run(flow(params, return_state=True))
+    outcome = state.result(raise_on_failure=False)
+    report = getattr(outcome, "report", None)
+    data = report.as_dict() if report is not None else outcome
+    if as_json and not isinstance(data, BaseException):
+        sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    elif isinstance(data, dict) and "summary" in data:
+        console.print(data["summary"])
+    if state.is_completed():
+        return
+    err.print(f"[red]{name} {state.name.lower()}:[/] {outcome}")
+    raise typer.Exit(1)
+
+
+def _params_for(name: str, param: list[str], inventory: str | None, *, approve: bool = False):
+    """(flow, its parameters model, the values) with the values validated against the model
+    here, before any run exists: bad input exits 2 and touches nothing."""
     from pydantic import ValidationError
 
     from flows import load_flow
@@ -230,49 +249,14 @@ def run(
             raise typer.Exit(2)
         values["emergency_approved"] = True
     try:
-        params = model(**values)
+        model(**values)
     except ValidationError as e:
         err.print(f"[red]bad parameters for {name}:[/]")
         for problem in e.errors():
             where = ".".join(str(p) for p in problem["loc"]) or "(parameters)"
             err.print(f"  {where}: {problem['msg']}")
         raise typer.Exit(2) from None
-    state = asyncio.run(flow(params, return_state=True))
-    outcome = state.result(raise_on_failure=False)
-    report = getattr(outcome, "report", None)
-    data = report.as_dict() if report is not None else outcome
-    if as_json and not isinstance(data, BaseException):
-        sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
-    elif isinstance(data, dict) and "summary" in data:
-        console.print(data["summary"])
-    if state.is_completed():
-        return
-    err.print(f"[red]{name} {state.name.lower()}:[/] {outcome}")
-    raise typer.Exit(1)
-
-
-def _params_for(name: str, param: list[str], inventory: str | None) -> dict:
-    """Validate `key=value` parameters against the flow's model, here, before any run exists."""
-    from pydantic import ValidationError
-
-    from flows import load_flow
-
-    try:
-        _, model = load_flow(name)
-    except KeyError as e:
-        err.print(f"[red]{e.args[0]}[/]")
-        raise typer.Exit(2) from None
-    values = parse_assignments(param)
-    if inventory:
-        values["inventory"] = inventory
-    try:
-        model(**values)
-    except ValidationError as e:
-        err.print(f"[red]bad parameters for {name}:[/]")
-        for problem in e.errors():
-            err.print(f"  {'.'.join(str(p) for p in problem['loc'])}: {problem['msg']}")
-        raise typer.Exit(2) from None
-    return values
+    return flow, model, values
 
 
 @app.command("trigger")
@@ -288,7 +272,7 @@ def trigger(
     from dwops.settings import use_project_prefect
 
     use_project_prefect()
-    values = _params_for(name, param, inventory)
+    _, _, values = _params_for(name, param, inventory)
     import asyncio
 
     from prefect.client.orchestration import get_client
