@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from lab import ctl, hostfiles, procs, services
+from lab import hostfiles, procs, services
 from lab.config import LabConfig, read_counters, state_dir
 
 Say = Callable[[str], None]

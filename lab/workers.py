@@ -398,7 +398,8 @@ class Worker:
             raise
         except Exception as e:  # TheSchwartz's work_safely: a dying job is a failed job
             log.exception("job %d died", job.jobid)
-            self.with_db("fail job", lambda c: schwartz.fail_job(c, job, f"died: {e}"))
+            message = f"died: {e}"
+            self.with_db("fail job", lambda c: schwartz.fail_job(c, job, message))
             self.report("job_failed")
         finally:
             if self.spec.importer:

@@ -21,7 +21,6 @@ import pytest
 from dwops.health import Thresholds, Verdict
 from dwops.inventory import Inventory, SecretRef
 from lab import jobs as lab_jobs
-from lab import mail as lab_mail
 from lab.config import LabConfig
 from tasks import database, mail, web
 from tasks.database import (
