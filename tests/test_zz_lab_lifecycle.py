@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from lab import procs
+from lab import mail, procs
 from lab.config import LabConfig
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -44,11 +44,13 @@ def pids(st: dict) -> dict[str, int]:
 
 def test_up_twice_is_harmless_down_leaves_nothing_and_up_restores(lab: LabConfig):
     before = json.loads(dwops("lab", "status", "--json").stdout)
+    queued = len(mail.postqueue(lab, "-j").splitlines())
 
     again = dwops("lab", "up")
     assert again.returncode == 0, again.stderr
     after = json.loads(dwops("lab", "status", "--json").stdout)
     assert pids(after) == pids(before)  # nothing restarted, nothing duplicated
+    assert len(mail.postqueue(lab, "-j").splitlines()) == queued >= 5  # mail not seeded twice
 
     down = dwops("lab", "down")
     assert down.returncode == 0, down.stderr
