@@ -136,15 +136,7 @@ def host_pids(cfg: LabConfig, host: str) -> set[int]:
 
         if pid := mail.is_running(cfg):
             roots.add(pid)
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry))
+    children = procs.children_by_parent()
     found, todo = set(), list(roots)
     while todo:
         pid = todo.pop()

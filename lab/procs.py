@@ -124,6 +124,20 @@ def wait_port(address: str, port: int, timeout: float) -> bool:
     return False
 
 
+def children_by_parent() -> dict[int, list[int]]:
+    """Every live process's pid, grouped by its parent's pid (read from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    return children
+
+
 def processes_under(path: str) -> list[int]:
     """Pids of every process whose command line or cwd mentions `path` (for a final sweep)."""
     found = []

@@ -12,7 +12,6 @@ feeder's last imports are over, so that they only ever interrupt (or not) the im
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import subprocess
 import time
@@ -51,17 +50,8 @@ def manager_pid(lab: LabConfig, host: str) -> int | None:
 
 def children(parent: int) -> dict[int, str]:
     """The live children of `parent` with their titles (from /proc)."""
-    found = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            if ppid == parent and procs.pid_alive(int(entry)):
-                found[int(entry)] = read_title(int(entry))
-    return found
+    return {pid: read_title(pid) for pid in procs.children_by_parent().get(parent, [])
+            if procs.pid_alive(pid)}
 
 
 def snapshot(lab: LabConfig) -> dict[str, tuple[int | None, frozenset[int]]]:

@@ -14,7 +14,6 @@ name, and direct grab tests use a function name no worker serves.
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import threading
 import time
@@ -46,18 +45,8 @@ IMPORT_KINDS = set(schwartz.IMPORT_KINDS.values())
 
 def child_titles(parent: int) -> dict[int, str]:
     """The direct children of `parent` and their titles (their /proc cmdline)."""
-    found: dict[int, str] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        if ppid == parent and procs.pid_alive(int(entry)):
-            found[int(entry)] = read_title(int(entry))
-    return found
+    return {pid: read_title(pid) for pid in procs.children_by_parent().get(parent, [])
+            if procs.pid_alive(pid)}
 
 
 def worker_name(title: str) -> str | None:
