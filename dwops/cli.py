@@ -91,24 +91,32 @@ def up(
     out = platform.prefect("deployment", "run", "fleet-status/fleet-status", "--watch",
                            "--watch-timeout", "180", check=False)
     say("fleet-status: " + ("completed" if out.returncode == 0 else "did not complete (see the UI)"))
-    console.print(f"Prefect UI: [bold]{platform.ui_url()}[/]  (user admin)")
+    console.print(f"Prefect UI: [bold]{platform.ui_url()}[/]  (sign in with the credential)")
     if new:
-        console.print(f"API credential (shown once; kept in {platform.credential_file()}): "
-                      f"[bold]{cred}[/]")
+        console.print(f"API credential, shown once, kept in {platform.credential_file()}:",
+                      soft_wrap=True)
+        console.print(f"[bold]{cred}[/]", soft_wrap=True)
     else:
-        console.print(f"API credential: in {platform.credential_file()}")
+        console.print(f"API credential: in {platform.credential_file()}", soft_wrap=True)
 
 
 @app.command("down")
 def down(
     wipe: bool = typer.Option(False, "--wipe", help="also delete the lab's data, keys and logs"),
+    keep_lab: bool = typer.Option(False, "--keep-lab",
+                                  help="stop only the worker and the Prefect server"),
 ) -> None:
     """Stop the worker, the Prefect server and the lab; nothing is left running."""
     from dwops import platform
     from lab import fleet
 
+    if wipe and keep_lab:
+        err.print("[red]--wipe deletes the lab's data: it cannot be combined with --keep-lab[/]")
+        raise typer.Exit(2)
     say = lambda msg: err.print(f"[dim]down:[/] {msg}")  # noqa: E731
     platform.stop(say)
+    if keep_lab:
+        return
     stopped = fleet.wipe(say) if wipe else fleet.down(say)
     err.print(f"down: stopped {len(stopped or [])} lab processes")
 

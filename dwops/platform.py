@@ -7,7 +7,10 @@
 - the global concurrency limit `dwops-maintenance` (one restart of webs, memcached or workers at a
   time, across every worker);
 - every deployment of prefect.yaml, pointed at the lab's inventory.
-`dwops down` stops the worker and the server (and the lab).
+Scheduled runs missed while no worker ran are cancelled before the worker starts.
+`dwops down` stops the worker and the server (and the lab, unless `--keep-lab`).
+`DWOPS_PREFECT_HOME` and `DWOPS_PREFECT_PORT` move the state folder and the port (the tests run
+a second, private platform that way).
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ Say = Callable[[str], None]
 
 
 def home() -> Path:
-    return state_dir() / "prefect"
+    """Prefect's home (PREFECT_HOME): `DWOPS_PREFECT_HOME`, default `<state>/prefect`."""
+    return Path(os.environ.get("DWOPS_PREFECT_HOME") or state_dir() / "prefect").resolve()
 
 
 def api_url() -> str:
@@ -144,21 +148,33 @@ def deploy(say: Say) -> None:
         raise RuntimeError(f"prefect deploy failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
 
 
-def install_automations(say: Say, inventory: str = "lab") -> None:
-    """The self-healing automations (deployments/automations.py), run in a client process so
-    this one need not import Prefect."""
-    out = subprocess.run([sys.executable, "-c", "import asyncio, sys\n"
-                          "from deployments.automations import ensure_automations\n"
-                          "print(asyncio.run(ensure_automations(sys.argv[1])))", inventory],
+def _client_call(module: str, function: str, *args: str) -> str:
+    """Run `await module.function(*args)` in a Prefect client process (so this one need not
+    import Prefect); return what it printed."""
+    out = subprocess.run([sys.executable, "-c", "import asyncio, importlib, sys\n"
+                          f"f = getattr(importlib.import_module({module!r}), {function!r})\n"
+                          "print(asyncio.run(f(*sys.argv[1:])))", *args],
                          cwd=PROJECT_DIR, env=client_env(), capture_output=True, text=True)
     if out.returncode:
-        raise RuntimeError(f"automations: {out.stderr[-2000:]}")
-    say(f"automations: {out.stdout.strip()}")
+        raise RuntimeError(f"{module}.{function}: {out.stderr[-2000:]}")
+    return out.stdout.strip()
+
+
+def install_automations(say: Say, inventory: str = "lab") -> None:
+    """The self-healing automations (deployments/automations.py)."""
+    say(f"automations: {_client_call('deployments.automations', 'ensure_automations', inventory)}")
+
+
+def cancel_missed_runs(say: Say) -> None:
+    """Scheduled runs whose time passed while no worker ran are cancelled, not run late: a
+    weekly restart missed on Tuesday must not start on Wednesday (deployments/missed.py)."""
+    say(f"missed scheduled runs: {_client_call('deployments.missed', 'cancel_missed_runs')}")
 
 
 def start_worker(say: Say, inventory: str = "lab") -> None:
     if procs.read_pid(_pidfile("worker")):
         return
+    cancel_missed_runs(say)
     say(f"starting a worker for the {POOL} pool")
     env = client_env()
     env.update(PREFECT_WORKER_QUERY_SECONDS="1", PREFECT_WORKER_PREFETCH_SECONDS="5",

@@ -12,14 +12,13 @@ def use_project_prefect(connect_to_running: bool = True) -> None:
     credential from the state folder). Only fills in what the caller has not set: an operator's
     own PREFECT_HOME or PREFECT_API_URL wins. Analytics are off: nothing here ever calls out.
     """
-    from lab.config import state_dir
+    from dwops import platform
 
-    os.environ.setdefault("PREFECT_HOME", str(state_dir() / "prefect"))
+    os.environ.setdefault("PREFECT_HOME", str(platform.home()))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("PREFECT_SERVER_API_HOST", "127.0.0.1")
     if connect_to_running and "PREFECT_API_URL" not in os.environ:
-        from dwops import platform
         from lab import procs
 
         cred, _ = platform.credential()

@@ -18,8 +18,15 @@ from lab.config import LabConfig
 
 @pytest.fixture(scope="session")
 def lab() -> LabConfig:
-    """The running lab's configuration; fails (never skips) when the lab is not up."""
-    from lab import fleet
+    """The running lab's configuration; fails (never skips) when the lab is not up, or when a
+    `dwops up` worker runs against it (its self-healing would start what a test stopped)."""
+    from dwops import platform
+    from lab import fleet, procs
+
+    worker = procs.read_pid(platform.home() / "worker.pid")
+    if worker:
+        pytest.fail(f"a dwops worker (pid {worker}) runs flows on this lab and would fight the "
+                    f"tests: stop it with `dwops down --keep-lab` first", pytrace=False)
 
     try:
         st = fleet.wait_until_up(timeout=30)  # a service a test is restarting comes back
@@ -28,7 +35,37 @@ def lab() -> LabConfig:
     down = [f"{s['name']}@{s['host']}" for s in st["services"] if not s["up"]]
     if down:
         pytest.fail(f"the lab is not fully up: {', '.join(down)} down", pytrace=False)
-    return LabConfig.load()
+    cfg = LabConfig.load()
+    short = _wait_for_importers(cfg, timeout=30)
+    if short:
+        pytest.fail(f"the lab's workers are not all up: {short}", pytrace=False)
+    return cfg
+
+
+def _wait_for_importers(cfg: LabConfig, timeout: float) -> str:
+    """Wait until every jobs host runs its content-importers (a worker-manager starts one per
+    5 s pass after `lab up`); return what is still missing, or ''."""
+    import time
+    from pathlib import Path
+
+    from lab import ctl
+
+    def title(pid: int) -> str:
+        try:
+            return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            return ""
+
+    deadline = time.monotonic() + timeout
+    while True:
+        missing = []
+        for h in cfg.hosts_with("jobs"):
+            n = sum(title(pid).startswith("content-importer") for pid in ctl.host_pids(cfg, h.name))
+            if n < cfg.workload.importers_per_host:
+                missing.append(f"{h.name} has {n} of {cfg.workload.importers_per_host} importers")
+        if not missing or time.monotonic() > deadline:
+            return ", ".join(missing)
+        time.sleep(0.5)
 
 
 @pytest.fixture(scope="session")

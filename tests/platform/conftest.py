@@ -1,0 +1,148 @@
+"""A private `dwops up` for the tests in this folder: the real main command, run on the lab.
+
+The platform (Prefect server with basic auth, the `dwops` work pool and its worker, every
+deployment of prefect.yaml, the automations) gets its own state folder and port
+(`DWOPS_PREFECT_HOME`, `DWOPS_PREFECT_PORT`), so it shares nothing with an operator's own
+`dwops up`. It lives for this folder's tests only (package scope) and is stopped with
+`dwops down --keep-lab`: its scheduled fleet-status and self-healing must not run while the rest
+of the suite stops daemons on purpose.
+
+Tests here talk to it as other systems do: REST over HTTP with basic auth, and the `dwops` CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from base64 import b64encode
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+PROJECT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Platform:
+    """A running `dwops up`: where it listens, its credential, and how to talk to it."""
+
+    home: Path
+    port: int
+    credential: str
+    env: dict[str, str]
+    up_output: str
+    up_seconds: float
+    _deployments: dict[str, dict] = field(default_factory=dict)
+
+    @property
+    def ui_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def api_url(self) -> str:
+        return f"{self.ui_url}/api"
+
+    def api(self, method: str, path: str, body: object = None, *,
+            credential: str | None = "default", timeout: float = 30) -> tuple[int, object]:
+        """One REST call; returns (HTTP status, decoded JSON body or text)."""
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(f"{self.api_url}{path}", data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+        cred = self.credential if credential == "default" else credential
+        if cred is not None:
+            req.add_header("Authorization", "Basic " + b64encode(cred.encode()).decode())
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                status, raw = r.status, r.read()
+        except urllib.error.HTTPError as e:
+            status, raw = e.code, e.read()
+        try:
+            return status, json.loads(raw) if raw else None
+        except ValueError:
+            return status, raw.decode(errors="replace")
+
+    def ok(self, method: str, path: str, body: object = None) -> object:
+        status, answer = self.api(method, path, body)
+        assert 200 <= status < 300, f"{method} {path}: HTTP {status}: {answer}"
+        return answer
+
+    def deployment(self, name: str) -> dict:
+        if name not in self._deployments:
+            self._deployments[name] = self.ok("GET", f"/deployments/name/{name}/{name}")
+        return self._deployments[name]
+
+    def create_run(self, name: str, params: dict | None = None,
+                   idempotency_key: str | None = None) -> tuple[int, object]:
+        """POST /deployments/{id}/create_flow_run, as the README's curl call does."""
+        body: dict = {"parameters": {"params": params or {}}}
+        if idempotency_key:
+            body["idempotency_key"] = idempotency_key
+        return self.api("POST", f"/deployments/{self.deployment(name)['id']}/create_flow_run",
+                        body)
+
+    def run(self, run_id: str) -> dict:
+        return self.ok("GET", f"/flow_runs/{run_id}")
+
+    def wait_for(self, run_id: str, states: set[str], timeout: float = 180) -> dict:
+        """Poll a run until its state type is one of `states`; fail with its last state."""
+        deadline = time.monotonic() + timeout
+        while True:
+            run = self.run(run_id)
+            if run["state_type"] in states:
+                return run
+            if time.monotonic() > deadline:
+                pytest.fail(f"run {run['name']} still {run['state_name']} after {timeout} s "
+                            f"(wanted {sorted(states)}); worker log: "
+                            f"{self.home / 'worker.log'}")
+            time.sleep(0.5)
+
+    def artifacts(self, run_id: str) -> list[dict]:
+        return self.ok("POST", "/artifacts/filter",
+                       {"artifacts": {"flow_run_id": {"any_": [run_id]}}})
+
+    def report(self, run_id: str) -> dict:
+        """The run's report artifact (`<flow>-report`)."""
+        reports = [a for a in self.artifacts(run_id) if (a.get("key") or "").endswith("-report")]
+        assert reports, f"run {run_id} has no report artifact"
+        return reports[-1]
+
+    def dwops(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        """The `dwops` CLI against this platform (its credential read from its state folder)."""
+        return subprocess.run([sys.executable, "-m", "dwops.cli", *args], cwd=PROJECT,
+                              env=self.env, capture_output=True, text=True, timeout=timeout)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="package")
+def platform(lab, tmp_path_factory: pytest.TempPathFactory):
+    home = tmp_path_factory.mktemp("dwops-platform")
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("PREFECT_") or k in ("PREFECT_SERVER_ANALYTICS_ENABLED",)}
+    env.update(DWOPS_PREFECT_HOME=str(home), DWOPS_PREFECT_PORT=str(port))
+    started = time.monotonic()
+    up = subprocess.run([sys.executable, "-m", "dwops.cli", "up"], cwd=PROJECT, env=env,
+                        capture_output=True, text=True, timeout=600)
+    took = time.monotonic() - started
+    output = up.stdout + up.stderr
+    try:
+        if up.returncode:
+            pytest.fail(f"dwops up failed ({up.returncode}):\n{output[-4000:]}", pytrace=False)
+        credential = (home / "api-auth").read_text().strip()
+        yield Platform(home=home, port=port, credential=credential, env=env,
+                       up_output=output, up_seconds=took)
+    finally:
+        subprocess.run([sys.executable, "-m", "dwops.cli", "down", "--keep-lab"], cwd=PROJECT,
+                       env=env, capture_output=True, text=True, timeout=120)
