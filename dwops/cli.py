@@ -77,6 +77,7 @@ def up(
     from lab import fleet
 
     say = lambda msg: err.print(f"[dim]up:[/] {msg}")  # noqa: E731
+    cred, new = platform.credential(create=True)
     try:
         fleet.up(say=say)
         platform.start_server(say)
@@ -86,7 +87,6 @@ def up(
     except Exception as e:  # every step names what failed and where its log is
         err.print(f"[red]dwops up failed:[/] {e}")
         raise typer.Exit(1) from None
-    cred, new = platform.credential()
     say("running fleet-status once through its deployment")
     out = platform.prefect("deployment", "run", "fleet-status/fleet-status", "--watch",
                            "--watch-timeout", "180", check=False)
@@ -338,14 +338,37 @@ def approve(
                 err.print(f"[red]{run.name} is {run.state.name if run.state else '?'}, "
                           f"not waiting for approval[/]")
                 return 1
-            await client.resume_flow_run(run.id, run_input={
-                "approve": not reject, "approver": approver or os.environ.get("USER", "")})
+            answer = {"approve": not reject, "approver": approver or os.environ.get("USER", "")}
+            refused = await resume_with_input(client, run.id, answer)
+            if refused:
+                err.print(f"[red]{run.name}: the server refused the answer: {refused}[/]")
+                return 1
             console.print(f"{run.name}: {'rejected' if reject else 'approved'}")
             return 0
 
     import os
 
     raise typer.Exit(asyncio.run(go()))
+
+
+async def resume_with_input(client, run_id, run_input: dict, wait: float = 15.0) -> str | None:
+    """Resume a paused run with its form's answer; None if accepted, else the server's reason.
+
+    A run pauses first and saves its form's schema just after, so an answer sent in between is
+    refused with "Run input schema not found" and the run stays paused: that one is retried.
+    """
+    import asyncio
+    import time
+
+    deadline = time.monotonic() + wait
+    while True:
+        result = await client.resume_flow_run(run_id, run_input=run_input)
+        if result.status.value == "ACCEPT":
+            return None
+        reason = getattr(result.details, "reason", None) or result.status.value
+        if "schema not found" not in reason or time.monotonic() > deadline:
+            return reason
+        await asyncio.sleep(0.5)
 
 
 @app.command("history")

@@ -87,6 +87,36 @@ class Platform:
         return self.api("POST", f"/deployments/{self.deployment(name)['id']}/create_flow_run",
                         body)
 
+    def resume(self, run_id: str, run_input: dict, wait: float = 15) -> dict:
+        """POST /flow_runs/{id}/resume with the approval form's answer, as a UI or another
+        system does. A run pauses first and saves its form's schema just after: an answer sent
+        in between is refused ("Run input schema not found") and the run stays paused, so that
+        one refusal is retried."""
+        deadline = time.monotonic() + wait
+        while True:
+            answer = self.ok("POST", f"/flow_runs/{run_id}/resume", {"run_input": run_input})
+            reason = (answer.get("details") or {}).get("reason") or ""
+            if answer["status"] == "ACCEPT" or "schema not found" not in reason \
+                    or time.monotonic() > deadline:
+                return answer
+            time.sleep(0.5)
+
+    def states(self, run_id: str) -> list[str]:
+        """The run's state history, oldest first (state type names)."""
+        states = self.ok("GET", f"/flow_run_states/?flow_run_id={run_id}")
+        return [s["type"] for s in sorted(states, key=lambda s: s["timestamp"])]
+
+    def cancel_live_runs(self, timeout: float = 60) -> None:
+        """Cancel every pending, running or paused run as the UI's Cancel does (CANCELLING: the
+        worker kills its process), and wait until they are final."""
+        live = self.ok("POST", "/flow_runs/filter", {"flow_runs": {"state": {"type": {
+            "any_": ["RUNNING", "PENDING", "PAUSED", "CANCELLING"]}}}})
+        for run in live:
+            self.api("POST", f"/flow_runs/{run['id']}/set_state",
+                     {"state": {"type": "CANCELLING", "message": "test cleanup"}, "force": True})
+        for run in live:
+            self.wait_for(run["id"], {"COMPLETED", "FAILED", "CANCELLED", "CRASHED"}, timeout)
+
     def run(self, run_id: str) -> dict:
         return self.ok("GET", f"/flow_runs/{run_id}")
 
@@ -131,7 +161,7 @@ def platform(lab, tmp_path_factory: pytest.TempPathFactory):
     port = _free_port()
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("PREFECT_") or k in ("PREFECT_SERVER_ANALYTICS_ENABLED",)}
-    env.update(DWOPS_PREFECT_HOME=str(home), DWOPS_PREFECT_PORT=str(port))
+    env.update(DWOPS_PREFECT_HOME=str(home), DWOPS_PREFECT_PORT=str(port), COLUMNS="250")
     started = time.monotonic()
     up = subprocess.run([sys.executable, "-m", "dwops.cli", "up"], cwd=PROJECT, env=env,
                         capture_output=True, text=True, timeout=600)
