@@ -184,15 +184,15 @@ def test_a_paused_emergency_run_approved_by_rest_completes(platform, lab):
     assert pid(lab, "apache2", "va-web06") not in (None, before)
 
 
-def test_a_paused_emergency_run_rejected_by_rest_changes_nothing(platform, lab):
+def test_a_paused_emergency_run_rejected_with_dwops_approve_changes_nothing(platform, lab):
     pids = {h: pid(lab, "apache2", h) for h in ("va-web05", "va-web06")}
     status, run = platform.create_run("restart-webs", {"hosts": ["va-web05", "va-web06"],
                                                        "delay": 0})
     assert status == 201, run
     assert wait_paused(platform, run["id"])["state_type"] == "PAUSED"
 
-    answer = platform.resume(run["id"], {"approve": False, "approver": "oncall-test"})
-    assert answer["status"] == "ACCEPT", answer
+    out = platform.dwops("approve", run["id"], "--reject", "--approver", "oncall-test")
+    assert out.returncode == 0 and "rejected" in out.stdout, out.stdout + out.stderr
     done = platform.wait_for(run["id"], FINAL)
     assert done["state_type"] == "FAILED"  # halted: the report says why
     report = platform.report(run["id"])
