@@ -178,6 +178,7 @@ def start_worker(say: Say, inventory: str = "lab") -> None:
     say(f"starting a worker for the {POOL} pool")
     env = client_env()
     env.update(PREFECT_WORKER_QUERY_SECONDS="1", PREFECT_WORKER_PREFETCH_SECONDS="5",
+               PREFECT_FLOWS_HEARTBEAT_FREQUENCY="30",  # deployments/automations.py: zombies
                DWOPS_PROJECT_DIR=str(PROJECT_DIR), DWOPS_INVENTORY=inventory)
     procs.start([prefect_bin(), "worker", "start", "--pool", POOL, "--type", "process",
                  "--name", "dwops-worker"], _pidfile("worker"), _log("worker"), cwd=PROJECT_DIR,

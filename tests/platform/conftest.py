@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -40,6 +41,7 @@ class Platform:
     up_output: str
     up_seconds: float
     _deployments: dict[str, dict] = field(default_factory=dict)
+    busy_answers: int = 0  # 503s seen (and retried) by create_run
 
     @property
     def ui_url(self) -> str:
@@ -80,12 +82,21 @@ class Platform:
 
     def create_run(self, name: str, params: dict | None = None,
                    idempotency_key: str | None = None) -> tuple[int, object]:
-        """POST /deployments/{id}/create_flow_run, as the README's curl call does."""
+        """POST /deployments/{id}/create_flow_run, as the README's curl call does.
+
+        A busy server (the lab's SQLite database under a burst of writes) answers 503: retried
+        with jittered backoff, as Prefect's own client does."""
         body: dict = {"parameters": {"params": params or {}}}
         if idempotency_key:
             body["idempotency_key"] = idempotency_key
-        return self.api("POST", f"/deployments/{self.deployment(name)['id']}/create_flow_run",
-                        body)
+        path = f"/deployments/{self.deployment(name)['id']}/create_flow_run"
+        for attempt in range(8):
+            status, answer = self.api("POST", path, body)
+            if status != 503:
+                return status, answer
+            self.busy_answers += 1
+            time.sleep(random.uniform(0.5, 1.5) * 2 ** attempt)
+        return status, answer
 
     def resume(self, run_id: str, run_input: dict, wait: float = 15) -> dict:
         """POST /flow_runs/{id}/resume with the approval form's answer, as a UI or another

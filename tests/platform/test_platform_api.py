@@ -64,7 +64,8 @@ def test_dwops_up_brings_up_server_worker_deployments_and_automations(platform):
     automations = platform.ok("POST", "/automations/filter", {})
     assert {a["name"] for a in automations} == {
         "dwops: start gearman when fleet-status finds it down",
-        "dwops: start ddlockd when fleet-status finds it down"}
+        "dwops: start ddlockd when fleet-status finds it down",
+        "dwops: mark runs whose process died as crashed"}
 
     # A deployment for every flow, with its schema enforced, a description and tags; the ones
     # that change state refuse a second concurrent run.
