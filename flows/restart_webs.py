@@ -151,7 +151,7 @@ async def restart_webs(params: RestartWebsParams = RestartWebsParams()) -> dict[
                 _record(report, cycles, target_group, log)
                 failed = [c for c in cycles if not c.ok]
                 if failed:
-                    report.halt("; ".join(f"{c.host} failed at {c.phase}"
+                    report.halt("; ".join(f"{c.host} failed at {c.phase} ({c.error})"
                                           + (f", left OUT of target group {target_group}"
                                              if c.in_target_group is False else "")
                                           for c in failed))

@@ -128,6 +128,11 @@ class LabConfig(BaseModel):
         """The host's own root folder: SSH commands run here, with its bin/ and etc/init.d/."""
         return self.lab_dir / "hosts" / host
 
+    def fault_switch(self, host: str, name: str) -> Path:
+        """A fault switch of the host: while the file `faults/NAME` exists in its root folder, the
+        lab misbehaves on purpose (`restart-fails`: lab.ctl; `unhealthy`: lab.web)."""
+        return self.host_root(host) / "faults" / name
+
     def host(self, name: str) -> LabHost:
         for h in self.hosts:
             if h.name == name:

@@ -9,6 +9,11 @@ gearmand. Output and exit codes follow init-script conventions (status: 0 runnin
     python -m lab.ctl --config lab.json restart-webs [DELAY]
     python -m lab.ctl --config lab.json importer-status
     python -m lab.ctl --config lab.json ps HOST -- PS-ARGS...
+
+Fault switch: while the host has a file `faults/restart-fails` in its root folder
+(`LabConfig.fault_switch`), every `restart` on that host fails the way Debian's init scripts do
+when the configuration test fails: a message on stderr, exit 1, the running server left as it was.
+Removing the file ends the fault.
 """
 
 from __future__ import annotations
@@ -76,6 +81,11 @@ def status(cfg: LabConfig, name: str, host: str) -> int:
 
 
 def restart(cfg: LabConfig, name: str, host: str, *, wait: bool = True) -> int:
+    fault = cfg.fault_switch(host, "restart-fails")
+    if fault.exists():
+        print(f"{name} on {host}: the configuration test failed ({fault}): not restarting.",
+              file=sys.stderr)
+        return 1
     stop(cfg, name, host)
     return start(cfg, name, host, wait=wait)
 

@@ -28,6 +28,11 @@ connection) bound to the host's loopback address and `cfg.ports.web`. What it do
   connections are refused from then on. Idle keep-alive connections are closed.
 * One line per request on stdout, flushed:
   `2025-01-01T12:00:00.123Z va-web01 GET /~user0001 200 2.1ms cache=hit`.
+* Fault switch: a web started while its host has a file `faults/unhealthy` in its root folder
+  (`LabConfig.fault_switch`) runs with a broken database setting, as after a bad deploy: it
+  connects to port `BROKEN_DB_PORT` of the database address, where nothing listens, so
+  `/admin/healthy` says `status=fail` (`global writer unreachable`, `schwartz 0 unreachable`)
+  and pages not in memcached fail, until it is restarted without the file.
 """
 
 from __future__ import annotations
@@ -68,6 +73,7 @@ HEALTH_CONNECT_TIMEOUT = 1.0  # StatusCheck's IO::Socket::INET Timeout => 1
 DRAIN_SECONDS = 5.0  # longest wait for requests in progress after SIGTERM
 KEEPALIVE_IDLE_SECONDS = 5.0  # an idle keep-alive connection is closed after this
 LATEST_ENTRIES = 20
+BROKEN_DB_PORT = 9  # the `unhealthy` fault switch's database port: nothing listens there
 
 # Dreamwidth usernames (LJ::canonical_username): lowercase letters, digits, underscores; 25 at most.
 USERNAME_RE = re.compile(r"^[a-z0-9_]{1,25}$")
@@ -307,11 +313,12 @@ def _close_quietly(conn: pymysql.connections.Connection) -> None:
         pass
 
 
-def connect_db(cfg: LabConfig, database: str) -> pymysql.connections.Connection:
+def connect_db(cfg: LabConfig, database: str,
+               port: int | None = None) -> pymysql.connections.Connection:
     """A new connection to `database` on the lab's database server, with timeouts."""
     return pymysql.connect(
         host=cfg.db.address,
-        port=cfg.ports.mysql,
+        port=port or cfg.ports.mysql,
         user=cfg.db.user,
         password=cfg.db.password(),
         database=database,
@@ -399,7 +406,9 @@ class WebApp:
             [(h.address, cfg.ports.memcached) for h in cfg.hosts_with("memcache")], self.log
         )
         self.gearman_servers = [(h.address, cfg.ports.gearman) for h in cfg.hosts_with("jobs")]
-        self.db = DbPool(lambda: connect_db(cfg, cfg.db.site_db), DB_POOL_SIZE)
+        self.fault = cfg.fault_switch(host.name, "unhealthy")
+        self.db_port = BROKEN_DB_PORT if self.fault.exists() else cfg.ports.mysql
+        self.db = DbPool(lambda: connect_db(cfg, cfg.db.site_db, self.db_port), DB_POOL_SIZE)
         self.draining = threading.Event()
         # Connections with a request accepted and not yet answered (idle keep-alive ones leave).
         self._pending: set[socket.socket] = set()
@@ -490,7 +499,7 @@ class WebApp:
     def _check_schwartz(self) -> tuple[bool, str]:
         """TheSchwartz's one database (`schwartz 0`): a fresh connection and `DESCRIBE job`."""
         try:
-            conn = connect_db(self.cfg, self.cfg.db.schwartz_db)
+            conn = connect_db(self.cfg, self.cfg.db.schwartz_db, self.db_port)
         except pymysql.MySQLError:
             return False, "schwartz 0 unreachable"
         try:
@@ -659,6 +668,8 @@ def serve(cfg: LabConfig, host: LabHost) -> int:
 
     app = WebApp(cfg, host)
     app.log(f"starting: loading modules for {cfg.workload.web_start_seconds:.1f}s")
+    if app.db_port != cfg.ports.mysql:
+        app.log(f"fault switch {app.fault}: database port {app.db_port}, where nothing listens")
     if wait_for_signal(stop, cfg.workload.web_start_seconds):
         app.log("stopped before start-up finished")
         app.close()

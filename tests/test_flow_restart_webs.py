@@ -102,13 +102,15 @@ def put_back(lab: LabConfig, order: list[str]) -> None:
 
 
 class CapacitySampler(threading.Thread):
-    """Counts the healthy targets of the ALB every 50 ms while a flow runs."""
+    """Counts the healthy targets of the ALB every 50 ms while a flow runs (and keeps every
+    reading: when, and each registered web's state)."""
 
     def __init__(self, lab: LabConfig) -> None:
         super().__init__(daemon=True)
         self.elb = elbv2(lab)
         self.lab = lab
         self.counts: list[int] = []
+        self.samples: list[tuple[float, dict[str, str]]] = []
         self.errors: list[str] = []
         self.halt = threading.Event()
 
@@ -117,6 +119,7 @@ class CapacitySampler(threading.Thread):
             try:
                 states = registered(self.lab, self.elb)
                 self.counts.append(sum(1 for _, s in states if s == "healthy"))
+                self.samples.append((time.time(), dict(states)))
             except Exception as e:  # noqa: BLE001 - kept and asserted on
                 self.errors.append(repr(e))
             self.halt.wait(0.05)
