@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import time
@@ -186,10 +187,17 @@ def start_worker(say: Say, inventory: str = "lab") -> None:
 
 
 def stop(say: Say) -> list[str]:
+    """Stop the worker, then the server. `prefect` relays SIGTERM to its child as SIGINT and
+    can take long to finish; after `grace` its whole process group (its own session) is killed,
+    so nothing is left behind."""
     stopped = []
     for name in ("worker", "server"):
-        pid = procs.stop(_pidfile(name), grace=20)
+        pid = procs.stop(_pidfile(name), grace=10)
         if pid:
+            try:
+                os.killpg(pid, signal.SIGKILL)  # started with start_new_session: pgid == pid
+            except ProcessLookupError:
+                pass
             say(f"stopped the Prefect {name} (pid {pid})")
             stopped.append(name)
     return stopped
