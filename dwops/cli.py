@@ -7,6 +7,7 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 app = typer.Typer(help="Dreamwidth's production runbook as Prefect flows.", no_args_is_help=True)
@@ -40,12 +41,12 @@ def status(
         state = asyncio.run(fleet_status(params, return_state=True))
         outcome = state.result(raise_on_failure=False)
     except InventoryError as e:
-        err.print(f"[red]{e}[/]")
+        err.print(f"[red]{escape(str(e))}[/]")
         raise typer.Exit(2) from None
     if isinstance(outcome, FleetCritical):
         report = outcome.report.as_dict()
     elif isinstance(outcome, BaseException):
-        err.print(f"[red]fleet-status failed:[/] {outcome}")
+        err.print(f"[red]fleet-status failed:[/] {escape(str(outcome))}")
         raise typer.Exit(2)
     else:
         report = outcome
@@ -232,7 +233,7 @@ def run(
         console.print(data["summary"])
     if state.is_completed():
         return
-    err.print(f"[red]{name} {state.name.lower()}:[/] {outcome}")
+    err.print(f"[red]{name} {state.name.lower()}:[/] {escape(str(outcome))}", soft_wrap=True)
     raise typer.Exit(1)
 
 
@@ -246,7 +247,7 @@ def _params_for(name: str, param: list[str], inventory: str | None, *, approve: 
     try:
         flow, model = load_flow(name)
     except KeyError as e:
-        err.print(f"[red]{e.args[0]}[/]")
+        err.print(f"[red]{escape(e.args[0])}[/]")
         raise typer.Exit(2) from None
     values = parse_assignments(param)
     if inventory:
@@ -262,9 +263,19 @@ def _params_for(name: str, param: list[str], inventory: str | None, *, approve: 
         err.print(f"[red]bad parameters for {name}:[/]")
         for problem in e.errors():
             where = ".".join(str(p) for p in problem["loc"]) or "(parameters)"
-            err.print(f"  {where}: {problem['msg']}")
+            got = problem.get("input")
+            shown = "" if problem["type"] == "missing" or isinstance(got, dict) else \
+                f" (got {_shown(got)})"
+            err.print(f"  {escape(where)}: {escape(problem['msg'] + shown)}", soft_wrap=True)
         raise typer.Exit(2) from None
     return flow, model, values
+
+
+def _shown(value: object, limit: int = 60) -> str:
+    """A refused value as ASCII (a Cyrillic letter, a zero-width space or a NUL is visible as
+    its escape), cut to `limit` characters."""
+    text = ascii(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 @app.command("trigger")

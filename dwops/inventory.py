@@ -156,14 +156,14 @@ class Inventory(Strict):
 
     @model_validator(mode="after")
     def _cross_references(self) -> "Inventory":
-        problems: list[str] = []
+        problems: list[tuple[str, str]] = []
         for name in self.hosts:
             if not re.match(HOST_NAME, name):
-                problems.append(f"hosts.{name}: not a valid host name ({HOST_NAME})")
+                problems.append((f"hosts.{name}", f"not a valid host name ({HOST_NAME})"))
         for sname, service in self.services.items():
             for h in service.hosts:
                 if h not in self.hosts:
-                    problems.append(f"services.{sname}.hosts: unknown host {h!r}")
+                    problems.append((f"services.{sname}.hosts", f"unknown host {h!r}"))
             for cname, template in service.commands.items():
                 problems += _template_problems(f"services.{sname}.commands.{cname}", cname, template)
         for cname, template in self.commands.items():
@@ -173,9 +173,9 @@ class Inventory(Strict):
                 problems += _template_problems(f"hosts.{hname}.commands.{cname}", cname, template)
         for h in self.aws.alb.targets:
             if h not in self.hosts:
-                problems.append(f"aws.alb.targets: unknown host {h!r}")
+                problems.append(("aws.alb.targets", f"unknown host {h!r}"))
         if problems:
-            raise ValueError("; ".join(problems))
+            raise CrossReferenceProblems(problems)
         return self
 
     # -- questions the flows ask ---------------------------------------------------------------
@@ -235,27 +235,40 @@ def _placeholders(template: str) -> set[str]:
     return {field for _, field, _, _ in string.Formatter().parse(template) if field is not None}
 
 
-def _template_problems(entry: str, name: str, template: str) -> list[str]:
+def _template_problems(entry: str, name: str, template: str) -> list[tuple[str, str]]:
     problems = []
     if not re.match(COMMAND_NAME, name):
-        problems.append(f"{entry}: command names are lower_snake_case")
+        problems.append((entry, "command names are lower_snake_case"))
     try:
         fields = _placeholders(template)
     except ValueError as e:
-        return [f"{entry}: bad template {template!r}: {e}"]
+        return [(entry, f"bad template {template!r}: {e}")]
     for f in fields:
         if not re.match(r"^[a-z_][a-z0-9_]*$", f):
-            problems.append(f"{entry}: placeholder {{{f}}} must be a plain name")
+            problems.append((entry, f"placeholder {{{f}}} must be a plain name"))
     return problems
 
 
 def load_inventory(path: str | Path) -> Inventory:
-    """Read and validate an inventory TOML file, or raise InventoryError naming every problem."""
+    """Read and validate an inventory TOML file, or raise InventoryError naming every problem.
+
+    Only a regular file of at most MAX_INVENTORY_BYTES is read: the path can come from a run's
+    parameters, and `/dev/zero` or a FIFO must be refused, not read until memory runs out."""
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise InventoryError(path, [("", "file not found")]) from None
+        if not path.is_file():
+            why = "not a regular file" if path.exists() else "file not found"
+            raise InventoryError(path, [("", why)])
+        with path.open("rb") as f:
+            raw = f.read(MAX_INVENTORY_BYTES + 1)
+    except OSError as e:
+        raise InventoryError(path, [("", f"cannot read: {e.strerror}")]) from None
+    if len(raw) > MAX_INVENTORY_BYTES:
+        raise InventoryError(path, [("", f"larger than {MAX_INVENTORY_BYTES} bytes")])
+    try:
+        data = tomllib.loads(raw.decode())
+    except UnicodeDecodeError:
+        raise InventoryError(path, [("", "not UTF-8 text")]) from None
     except tomllib.TOMLDecodeError as e:
         raise InventoryError(path, [("", f"not valid TOML: {e}")]) from None
     try:
@@ -264,13 +277,25 @@ def load_inventory(path: str | Path) -> Inventory:
         raise InventoryError(path, [p for err in e.errors() for p in _describe(err)]) from None
 
 
+MAX_INVENTORY_BYTES = 1_000_000
+
+
+class CrossReferenceProblems(ValueError):
+    """Problems found across an inventory's entries, each as (entry, problem)."""
+
+    def __init__(self, problems: list[tuple[str, str]]):
+        self.problems = problems
+        super().__init__("; ".join(f"{entry}: {problem}" for entry, problem in problems))
+
+
 def _describe(err: dict) -> list[tuple[str, str]]:
     entry = ".".join(str(p) for p in err["loc"])
+    cause = (err.get("ctx") or {}).get("error")
+    if isinstance(cause, CrossReferenceProblems):
+        return list(cause.problems)
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         msg = "unknown key (a typo?)"
-    if not entry:  # cross-reference problems: "entry: problem; entry: problem"
-        return [tuple(p.split(": ", 1)) for p in msg.split("; ")]  # type: ignore[misc]
     return [(entry, msg)]
 
 
