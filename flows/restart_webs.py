@@ -20,6 +20,10 @@ web while it restarts.
    healthy (at most `alb_healthy_timeout`). Then `delay` s.
    The first failure halts the run: the web that failed stays OUT of the target group (an
    operator checks it and registers it again); webs not reached are not touched.
+   A web found out of the target group refuses the run (it may have been taken out on purpose),
+   unless the run names it in `put_back`: a web left out by a halted or crashed run is then
+   restarted first, alone, and put back only once it says `status=ok` (it takes no capacity
+   away: it is already out).
 6. Read every web's ALB state and `/admin/healthy` again (the "after" gate judges the planned
    webs); publish the report: per web done / failed / not reached, with timings, pids and health
    readings, and which webs are out of the target group.
@@ -77,6 +81,10 @@ class RestartWebsParams(EmergencyParams):
     alb_healthy_timeout: float = Field(300, ge=1, le=1800,
                                        description="longest wait for the ALB to call a web put "
                                                    "back healthy")
+    put_back: list[HostName] = Field(default_factory=list, max_length=64,
+                                     description="webs left out of the target group by a halted "
+                                                 "or crashed run: restarted first, one at a "
+                                                 "time, and put back once status=ok")
 
     @model_validator(mode="after")
     def _emergency_is_delay_zero(self) -> "RestartWebsParams":
@@ -86,6 +94,9 @@ class RestartWebsParams(EmergencyParams):
             raise ValueError("min_drain_seconds is more than drain_seconds")
         if self.delay == 0:
             self.emergency = True  # the notes: "restart everything ... with a 0 argument"
+        if self.emergency and self.put_back:
+            raise ValueError("put_back is for a rolling restart; the emergency path restarts "
+                             "every web in place")
         return self
 
 
@@ -99,7 +110,8 @@ async def restart_webs(params: RestartWebsParams = RestartWebsParams()) -> dict[
     hosts = hosts_of(inventory, "web", params.hosts)
     check_against_inventory(inventory, hosts, params)
     target_group = inventory.aws.alb.target_group
-    groups = groups_of(hosts, params.max_unavailable)
+    groups = [[h] for h in hosts if h in params.put_back] + groups_of(
+        [h for h in hosts if h not in params.put_back], params.max_unavailable)
 
     # 2. The plan.
     plan = plan_restart_webs(inventory.name, hosts, groups, params, target_group)
@@ -133,7 +145,10 @@ async def restart_webs(params: RestartWebsParams = RestartWebsParams()) -> dict[
         else:
             # 4. Gates before anything is touched.
             for n, group in enumerate(groups):
-                gates = await _gates_before(report, inventory, hosts if n == 0 else group, group,
+                # Webs still to be put back are out on purpose: not judged before their turn.
+                later = {h for g in groups[n:] for h in g if h in params.put_back}
+                judged = [h for h in (hosts if n == 0 else group) if h not in later]
+                gates = await _gates_before(report, inventory, judged, group,
                                             params.max_unavailable)
                 held = [g for g in gates if not g.ok]
                 for g in gates:
@@ -141,7 +156,8 @@ async def restart_webs(params: RestartWebsParams = RestartWebsParams()) -> dict[
                                                       "pass" if g.ok else "HOLD", g.reason)
                 if held:
                     report.halt(f"gate before {', '.join(group)}: "
-                                + "; ".join(f"{g.name}: {g.reason}" for g in held))
+                                + "; ".join(f"{g.name}: {g.reason}" for g in held)
+                                + put_back_hint(gates))
                     break
 
                 # 5. One group: out, drain, restart, status=ok, back in, healthy in the ALB.
@@ -183,6 +199,10 @@ def check_against_inventory(inventory: Inventory, hosts: list[str],
     if missing:
         raise BadParameters(f"{', '.join(missing)}: no target in the ALB's target group "
                             f"(inventory aws.alb.targets)")
+    unplanned = [h for h in params.put_back if h not in hosts]
+    if unplanned:
+        raise BadParameters(f"put_back: {', '.join(unplanned)} not among the webs this run "
+                            f"restarts ({', '.join(hosts)})")
 
 
 def groups_of(hosts: list[str], max_unavailable: int) -> list[list[str]]:
@@ -204,8 +224,10 @@ def plan_restart_webs(inventory: str, hosts: list[str], groups: list[list[str]],
                     notes=[what_is_lost(hosts, target_group),
                            f"each web must say status=ok within {params.healthy_timeout:g} s"])
     steps = []
+    first = next((n for n, g in enumerate(groups) if g[0] not in params.put_back), None)
     for n, group in enumerate(groups):
-        role = "canary" if n == 0 else f"group {n + 1} of {len(groups)}"
+        role = ("put back (left out by an earlier run)" if group[0] in params.put_back else
+                "canary" if n == first else f"group {n + 1} of {len(groups)}")
         together = [h for h in group if len(group) > 1]
         for h in group:
             with_ = f" (with {', '.join(x for x in together if x != h)})" if together else ""
@@ -235,7 +257,7 @@ def _parameters(params: RestartWebsParams, hosts: list[str]) -> dict[str, Any]:
             "drain_seconds": params.drain_seconds, "min_drain_seconds": params.min_drain_seconds,
             "healthy_timeout": params.healthy_timeout,
             "alb_healthy_timeout": params.alb_healthy_timeout, "emergency": params.emergency,
-            "reason": params.reason}
+            "put_back": params.put_back, "reason": params.reason}
 
 
 # -- guards (pure) ------------------------------------------------------------------------------
@@ -254,6 +276,19 @@ def webs_in_rotation(states: list[TargetState] | Exception, hosts: list[str]) ->
                 {s.host: s.state for s in states})
 
 
+def put_back_hint(gates: list[Gate]) -> str:
+    """What to do about webs a gate found out of the target group."""
+    rotation = next((g for g in gates if g.name.startswith("webs healthy in the ALB")), None)
+    if rotation is None or rotation.ok or not isinstance(rotation.readings, dict):
+        return ""
+    out = [h for h, state in rotation.readings.items()
+           if state in OUT_OF_ROTATION and h in rotation.reason]
+    if not out:
+        return ""
+    return (f" (out of the target group: {', '.join(sorted(out))}; if a halted or crashed run "
+            f"left it out, check it, then run again with put_back={sorted(out)})")
+
+
 def webs_say_ok(readings: dict[str, HealthReading | Exception]) -> Gate:
     """Every web's /admin/healthy says status=ok."""
     bad = []
@@ -269,7 +304,8 @@ def webs_say_ok(readings: dict[str, HealthReading | Exception]) -> Gate:
 
 def capacity_allows(states: list[TargetState] | Exception, group: list[str],
                     max_unavailable: int) -> Gate:
-    """Taking `group` out leaves at least (webs - max_unavailable) webs in rotation."""
+    """Taking `group` out leaves at least (webs - max_unavailable) webs in rotation; a group
+    already out of rotation (webs being put back) takes nothing away."""
     if isinstance(states, Exception):
         return Gate("capacity", False, f"cannot read the target group: {states}")
     total = len(states)
@@ -278,6 +314,11 @@ def capacity_allows(states: list[TargetState] | Exception, group: list[str],
     need = total - max_unavailable
     reason = (f"{len(healthy)} of {total} webs in rotation; without {', '.join(group)} "
               f"{left} stay (at least {need} must: max_unavailable={max_unavailable})")
+    if not healthy & set(group):
+        return Gate("capacity", True, f"{', '.join(group)} already out of rotation: restarting "
+                                      f"it takes nothing away ({len(healthy)} of {total} in)",
+                    {"webs": total, "in_rotation": len(healthy), "would_stay": left,
+                     "need": need})
     return Gate("capacity", left >= need, reason,
                 {"webs": total, "in_rotation": len(healthy), "would_stay": left, "need": need})
 
@@ -336,12 +377,16 @@ async def _restart_out_of_alb(inventory: Inventory, host: str, params: RestartWe
     c = Cycle(host)
     address, port, health_path = _web_address(inventory, host)
 
-    log.info("%s: taking it out of the target group", host)
-    try:
-        await deregister_web(inventory, host)
-    except Exception as e:  # noqa: BLE001 - recorded; the target's state is re-read below
-        await _note_target(c, inventory)
-        return c.fail("out of the target group", f"deregister failed: {e}")
+    current = await _try(lambda: read_web_target(inventory, host))
+    if not isinstance(current, Exception) and current.state == "unregistered":
+        log.info("%s: already out of the target group (left out by an earlier run)", host)
+    else:
+        log.info("%s: taking it out of the target group", host)
+        try:
+            await deregister_web(inventory, host)
+        except Exception as e:  # noqa: BLE001 - recorded; the target's state is re-read below
+            await _note_target(c, inventory)
+            return c.fail("out of the target group", f"deregister failed: {e}")
     c.mark("deregistered_at")
     c.in_target_group = False
 

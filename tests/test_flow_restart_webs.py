@@ -18,11 +18,13 @@ from typing import Any, Callable
 import boto3
 from botocore.config import Config
 
+from flows.restart_webs import RestartWebsParams
 from lab import ctl, procs, services
 from lab.config import LabConfig
 from lab.traffic import parse_target_health, read_aws_credentials, read_traffic
 
 DELAY = 1.0
+DEFAULT_DELAY = RestartWebsParams.model_fields["delay"].default  # the notes' 5 s
 
 
 # -- the lab's ground truth ---------------------------------------------------------------------
@@ -166,7 +168,7 @@ def test_a_roll_under_traffic_loses_no_request_one_web_at_a_time(lab: LabConfig,
     sampler = CapacitySampler(lab)
     sampler.start()
     try:
-        rc, report, err = dwops_run("restart-webs", f"delay={DELAY}", "reason=test: a full roll")
+        rc, report, err = dwops_run("restart-webs", "reason=test: a full roll")  # default delay
     finally:
         sampler.stop()
         put_back(lab, order)
@@ -187,8 +189,8 @@ def test_a_roll_under_traffic_loses_no_request_one_web_at_a_time(lab: LabConfig,
     # One at a time, in the planned order, `delay` s between one web back and the next out.
     times = [readings[h] for h in webs(lab)]
     for prev, nxt in zip(times, times[1:]):
-        assert nxt["deregistered_at"] - prev["alb_healthy_at"] >= DELAY - 0.01, (prev, nxt)
-        assert nxt["restart_started_at"] - prev["restart_finished_at"] >= DELAY
+        assert nxt["deregistered_at"] - prev["alb_healthy_at"] >= DEFAULT_DELAY - 0.01, (prev, nxt)
+        assert nxt["restart_started_at"] - prev["restart_finished_at"] >= DEFAULT_DELAY
     for t in times:
         assert (t["deregistered_at"] <= t["drained_at"] <= t["restart_started_at"]
                 < t["restart_finished_at"] <= t["status_ok_at"] <= t["registered_at"]
@@ -207,6 +209,13 @@ def test_a_roll_under_traffic_loses_no_request_one_web_at_a_time(lab: LabConfig,
         assert after["webs"][h]["last_request"] > readings[h]["registered_at"], h
     assert [g["ok"] for g in report["gates"]] == [True] * len(report["gates"])
     assert report["gates"][-1]["name"].startswith("after")
+    out = [t["registered_at"] - t["deregistered_at"] for t in times]
+    served = sum(after["webs"][h]["requests"] - before["webs"][h]["requests"] for h in webs(lab))
+    print(f"\nroll under traffic: delay {DEFAULT_DELAY:g} s, {served} requests served, "
+          f"{failures(after)['all'] - failures(before)['all']} failed, "
+          f"capacity min {min(sampler.counts)} of {len(webs(lab))} over {len(sampler.counts)} "
+          f"samples, each web out {min(out):.1f}-{max(out):.1f} s, run "
+          f"{times[-1]['alb_healthy_at'] - times[0]['deregistered_at']:.1f} s")
 
 
 def test_a_web_unreachable_over_ssh_halts_the_roll_and_stays_out(lab: LabConfig, dwops_run):

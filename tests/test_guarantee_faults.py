@@ -18,9 +18,9 @@ test_a_web_unreachable_over_ssh_halts_the_roll_and_stays_out.)
 In every case the run halts at that web and exits 1; its report names the web and the fault; the
 webs before it are restarted and back, the webs after it keep their pids and stay in the ALB; the
 failed web is out of the target group (and was never put back while it could not be trusted);
-no user request fails. Then the fault is fixed, the operator does what the report asks (check the
-web, register it again), and the same run again finishes the job: every planned web restarted,
-the previously failed one too, and every web registered and healthy.
+no user request fails. Then the fault is fixed and the same run again, naming the web left out
+in `put_back` as the refusal of a plain re-run says, finishes the job: the failed web restarted
+first and put back once status=ok, then the others, and every web registered and healthy.
 
 Ground truth is the lab's: pidfiles, the moto ALB's target group (sampled every 50 ms while a
 run goes on), the webs' /admin/healthy, the traffic generator's counters. Every test removes its
@@ -230,22 +230,23 @@ def assert_halted_at(lab: LabConfig, r: Roll, hosts: list[str], bad: str, phase:
     return result[bad]
 
 
-def rerun(lab: LabConfig, dwops_run, hosts: list[str], order: list[str], *params: str) -> Roll:
-    """After the fault is fixed: the operator registers the checked web again (the report's
-    "check it, then register it again"), then runs the same restart again: it finishes."""
-    put_back(lab, order)
-    all_in_rotation(lab)
-    again = roll(lab, dwops_run, hosts, *params)
+def rerun(lab: LabConfig, dwops_run, hosts: list[str], bad: str, *params: str) -> Roll:
+    """After the fault is fixed: the same restart again, naming the web the halted run left out
+    in `put_back` (the report's "check it, then ... put_back"). It restarts that web first and
+    puts it back once status=ok, then the others: the job is finished."""
+    again = roll(lab, dwops_run, hosts, f'put_back=["{bad}"]', *params)
     assert again.rc == 0, again.err[-3000:]
     assert again.report["halted"] is None
     assert [(x["host"], x["outcome"]) for x in again.report["results"]] == [
-        (h, "done") for h in hosts]
+        (h, "done") for h in [bad] + [h for h in hosts if h != bad]]
     for h in hosts:  # the previously failed web among them
         assert again.pids_after[h] not in (None, again.pids_before[h]), h
     others = [h for h in webs(lab) if h not in hosts]
     assert {h: again.pids_after[h] for h in others} == {h: again.pids_before[h] for h in others}
     assert sorted(again.alb) == webs(lab) and set(again.alb.values()) == {"healthy"}, again.alb
     assert all(health(lab, h).startswith("status=ok\n") for h in webs(lab))
+    # Capacity never went below five of six: the web put back was already out.
+    assert min(sum(v == "healthy" for v in s.values()) for _, s in again.samples) >= 5
     return again
 
 
@@ -266,7 +267,7 @@ def test_a_host_unreachable_times_out_and_halts_the_roll(lab: LabConfig, dwops_r
     # Packets to its SSH port vanish: a connection neither opens nor is refused.
     rule = Rule(("-d", lab.host(bad).address, "-p", "tcp", "--dport", str(lab.ports.ssh),
                  "-j", "DROP"))
-    with fault_on(lab, hosts, rule.delete) as order:
+    with fault_on(lab, hosts, rule.delete):
         rule.add()
         r = roll(lab, dwops_run, hosts)
         result = assert_halted_at(
@@ -278,13 +279,13 @@ def test_a_host_unreachable_times_out_and_halts_the_roll(lab: LabConfig, dwops_r
         assert timeout <= result["seconds"] <= 2 * timeout + 3, result["seconds"]
 
         rule.delete()
-        again = rerun(lab, dwops_run, hosts, order)
+        again = rerun(lab, dwops_run, hosts, bad)
     figures("host unreachable", r, bad, again)
 
 
 def test_a_restart_command_that_fails_halts_the_roll(lab: LabConfig, dwops_run):
     hosts, bad = ["va-web02", "va-web03", "va-web04"], "va-web03"
-    with fault_on(lab, hosts, lambda: switch_off(lab, bad, "restart-fails")) as order:
+    with fault_on(lab, hosts, lambda: switch_off(lab, bad, "restart-fails")):
         switch_on(lab, bad, "restart-fails")
         r = roll(lab, dwops_run, hosts)
         assert_halted_at(lab, r, hosts, bad, "restart", restarted=False,
@@ -295,13 +296,18 @@ def test_a_restart_command_that_fails_halts_the_roll(lab: LabConfig, dwops_run):
         assert health(lab, bad).startswith("status=ok\n")  # its old process, out of the ALB
 
         switch_off(lab, bad, "restart-fails")
-        again = rerun(lab, dwops_run, hosts, order)
+        # The next run sees the web left out and refuses, saying how to finish: nothing changes.
+        seen = roll(lab, dwops_run, hosts)
+        assert seen.rc == 1 and seen.pids_after == seen.pids_before
+        assert f"not in rotation: {bad} " in seen.report["halted"], seen.report["halted"]
+        assert f"run again with put_back=['{bad}']" in seen.report["halted"]
+        again = rerun(lab, dwops_run, hosts, bad)
     figures("restart fails", r, bad, again)
 
 
 def test_a_web_that_never_turns_healthy_halts_the_roll_and_stays_out(lab: LabConfig, dwops_run):
     hosts, bad = ["va-web03", "va-web04", "va-web05"], "va-web04"
-    with fault_on(lab, hosts, lambda: switch_off(lab, bad, "unhealthy")) as order:
+    with fault_on(lab, hosts, lambda: switch_off(lab, bad, "unhealthy")):
         switch_on(lab, bad, "unhealthy")  # read by the web when it starts: the running one is fine
         r = roll(lab, dwops_run, hosts, f"healthy_timeout={HEALTHY_TIMEOUT}")
         result = assert_halted_at(
@@ -317,10 +323,9 @@ def test_a_web_that_never_turns_healthy_halts_the_roll_and_stays_out(lab: LabCon
         assert HEALTHY_TIMEOUT <= waited <= HEALTHY_TIMEOUT + 2, waited
         assert health(lab, bad).startswith("status=fail\n")  # still sick, and out of the ALB
 
-        # The fix: the setting repaired, the web restarted by hand and checked, then registered.
+        # The fix: the setting repaired; the re-run restarts the web and puts it back once ok.
         switch_off(lab, bad, "unhealthy")
-        healed(lab, [bad])
-        again = rerun(lab, dwops_run, hosts, order, f"healthy_timeout={HEALTHY_TIMEOUT}")
+        again = rerun(lab, dwops_run, hosts, bad, f"healthy_timeout={HEALTHY_TIMEOUT}")
     figures("never healthy", r, bad, again)
 
 
@@ -337,7 +342,7 @@ def test_an_aws_call_that_errors_halts_the_roll_and_leaves_the_web_out(lab: LabC
         rule.delete()
         close_orphaned_moto_connections(lab, known)
 
-    with fault_on(lab, hosts, fix) as order:
+    with fault_on(lab, hosts, fix):
         rule.add()
         r = roll(lab, dwops_run, hosts)
         assert_halted_at(lab, r, hosts, bad, "back into the target group", restarted=True,
@@ -351,5 +356,5 @@ def test_an_aws_call_that_errors_halts_the_roll_and_leaves_the_web_out(lab: LabC
         fix()
         servers, clients = moto_connections(lab)
         assert not servers - clients - known, "moto still waits on the connections cut off"
-        again = rerun(lab, dwops_run, hosts, order)
+        again = rerun(lab, dwops_run, hosts, bad)
     figures("AWS call errors", r, bad, again)
