@@ -15,6 +15,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from lab import procs, services
 from lab.config import PROJECT_DIR, LabConfig
 from test_flow_restart_webs import all_in_rotation, put_back, registered, webs
@@ -48,6 +50,7 @@ def start_worker(platform) -> None:
     assert out.returncode == 0, out.stderr[-2000:]
 
 
+@pytest.mark.timeout(600)  # heartbeats every 30 s, 90 s of silence, a 120 s lease: ~3 min
 def test_a_worker_killed_mid_roll_leaves_a_crashed_run_and_a_lab_the_next_run_finishes(
         platform, lab: LabConfig):
     order = all_in_rotation(lab)
