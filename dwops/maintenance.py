@@ -38,10 +38,10 @@ async def maintenance_window(flow: str) -> AsyncIterator[None]:
     await ensure_limit()
     acquired = False
     try:
-        # The lease is renewed every 90 s while the run lives; a run killed outright (a worker
-        # cancelling it, a crash) frees the lock when its lease ends, within 120 s.
+        # The lease is renewed every 67 s while the run lives; a run killed outright (a worker
+        # cancelling it, a crash) frees the lock when its lease ends, within 90 s.
         async with concurrency(MAINTENANCE_LIMIT, occupy=1, strict=True, max_retries=0,
-                               lease_duration=120):
+                               lease_duration=90):
             acquired = True
             yield
     except ConcurrencySlotAcquisitionError:

@@ -134,10 +134,12 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="session")
-def dwops_run(prefect_api: str):
+def dwops_run(prefect_api: str, tmp_path_factory: pytest.TempPathFactory):
     """Run `dwops run NAME -p k=v ... --json` as an operator would, against the test session's
     Prefect server. Returns (exit code, the run's report as a dict or None, stderr).
 
+    Each command is its own process running the real CLI, forked from a pre-imported `dwops`
+    (tests/_dwops_zygote.py) rather than a new Python importing Prefect every time.
     `background=True` returns the Popen instead, for tests that act while a flow runs.
     """
     import json
@@ -147,10 +149,18 @@ def dwops_run(prefect_api: str):
     from pathlib import Path
 
     project = Path(__file__).resolve().parent.parent
+    zygote_py = str(Path(__file__).resolve().parent / "_dwops_zygote.py")
+    socket_path = str(tmp_path_factory.mktemp("zygote") / "dwops.sock")
+    zygote = subprocess.Popen([sys.executable, zygote_py, "serve", socket_path], cwd=project,
+                              env=dict(os.environ, PREFECT_API_URL=prefect_api),
+                              stdout=subprocess.PIPE, text=True, start_new_session=True)
+    if zygote.stdout.readline().strip() != "ready":
+        zygote.kill()
+        pytest.fail("the dwops zygote did not start", pytrace=False)
 
     def run(name: str, *params: str, approve: bool = False, background: bool = False,
             timeout: float = 300, extra: tuple[str, ...] = ()):
-        argv = [sys.executable, "-m", "dwops.cli", "run", name, "--json", *extra]
+        argv = [sys.executable, zygote_py, "launch", socket_path, "run", name, "--json", *extra]
         for p in params:
             argv += ["-p", p]
         if approve:
@@ -170,4 +180,11 @@ def dwops_run(prefect_api: str):
             return None
 
     run.report = _report
-    return run
+    try:
+        yield run
+    finally:
+        zygote.terminate()
+        try:
+            zygote.wait(10)
+        except subprocess.TimeoutExpired:
+            zygote.kill()

@@ -9,6 +9,8 @@ queued behind it, and only one host's process is restarted.
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -51,11 +53,16 @@ def second_worker(platform):
     try:
         yield "dwops-worker-2"
     finally:
-        worker.terminate()
+        os.killpg(worker.pid, signal.SIGTERM)  # `prefect` and the worker it runs
         try:
             worker.wait(10)
         except subprocess.TimeoutExpired:
-            worker.kill()
+            pass
+        try:
+            os.killpg(worker.pid, signal.SIGKILL)  # nothing of it is left behind
+        except ProcessLookupError:
+            pass
+        worker.wait(5)
         log.close()
 
 

@@ -3,9 +3,10 @@
 The platform (Prefect server with basic auth, the `dwops` work pool and its worker, every
 deployment of prefect.yaml, the automations) gets its own state folder and port
 (`DWOPS_PREFECT_HOME`, `DWOPS_PREFECT_PORT`), so it shares nothing with an operator's own
-`dwops up`. It lives for this folder's tests only (package scope) and is stopped with
+`dwops up`. It lives for this package's tests only (package scope: this folder has an
+`__init__.py`, without which pytest would keep it for the whole session) and is stopped with
 `dwops down --keep-lab`: its scheduled fleet-status and self-healing must not run while the rest
-of the suite stops daemons on purpose.
+of the suite stops daemons on purpose. After it stops, no process of it is left.
 
 Tests here talk to it as other systems do: REST over HTTP with basic auth, and the `dwops` CLI.
 """
@@ -53,7 +54,20 @@ class Platform:
 
     def api(self, method: str, path: str, body: object = None, *,
             credential: str | None = "default", timeout: float = 30) -> tuple[int, object]:
-        """One REST call; returns (HTTP status, decoded JSON body or text)."""
+        """One REST call; returns (HTTP status, decoded JSON body or text).
+
+        A busy server (the lab's SQLite database under a burst of writes: "database is locked")
+        answers 503: retried with jittered backoff, as Prefect's own client does."""
+        for attempt in range(8):
+            status, answer = self._call(method, path, body, credential, timeout)
+            if status != 503:
+                return status, answer
+            self.busy_answers += 1
+            time.sleep(random.uniform(0.5, 1.5) * 2 ** min(attempt, 4))
+        return status, answer
+
+    def _call(self, method: str, path: str, body: object, credential: str | None,
+              timeout: float) -> tuple[int, object]:
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(f"{self.api_url}{path}", data=data, method=method,
                                      headers={"Content-Type": "application/json"})
@@ -82,21 +96,12 @@ class Platform:
 
     def create_run(self, name: str, params: dict | None = None,
                    idempotency_key: str | None = None) -> tuple[int, object]:
-        """POST /deployments/{id}/create_flow_run, as the README's curl call does.
-
-        A busy server (the lab's SQLite database under a burst of writes) answers 503: retried
-        with jittered backoff, as Prefect's own client does."""
+        """POST /deployments/{id}/create_flow_run, as the README's curl call does."""
         body: dict = {"parameters": {"params": params or {}}}
         if idempotency_key:
             body["idempotency_key"] = idempotency_key
-        path = f"/deployments/{self.deployment(name)['id']}/create_flow_run"
-        for attempt in range(8):
-            status, answer = self.api("POST", path, body)
-            if status != 503:
-                return status, answer
-            self.busy_answers += 1
-            time.sleep(random.uniform(0.5, 1.5) * 2 ** attempt)
-        return status, answer
+        return self.api("POST", f"/deployments/{self.deployment(name)['id']}/create_flow_run",
+                        body)
 
     def resume(self, run_id: str, run_input: dict, wait: float = 15) -> dict:
         """POST /flow_runs/{id}/resume with the approval form's answer, as a UI or another
@@ -187,3 +192,24 @@ def platform(lab, tmp_path_factory: pytest.TempPathFactory):
     finally:
         subprocess.run([sys.executable, "-m", "dwops.cli", "down", "--keep-lab"], cwd=PROJECT,
                        env=env, capture_output=True, text=True, timeout=120)
+        left = _processes_of(home)
+        for pid in left:  # never leave a worker or server running the schedules on the lab
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
+        assert not left, f"dwops down left processes of the platform running: {left}"
+
+
+def _processes_of(home: Path) -> list[int]:
+    """Processes whose environment points at this platform's state folder."""
+    mark = f"DWOPS_PREFECT_HOME={home}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if mark in (entry / "environ").read_bytes().split(b"\0"):
+                    found.append(int(entry.name))
+            except OSError:
+                pass
+    return found

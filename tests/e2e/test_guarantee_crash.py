@@ -3,8 +3,8 @@
 The worker dies in the middle of a rolling web restart (the worker and every process under it are
 killed outright, as when its admin host loses power): the run is marked Crashed (its heartbeats
 stop; the platform's automation says so), the lab is left as the roll left it (a web out of the
-target group, the webs after it untouched), the next run sees that web and refuses, naming it and
-how to finish, and a run naming it in `put_back` finishes the job.
+target group, the webs after it untouched), and a run naming that web in `put_back` finishes
+the job.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def start_worker(platform) -> None:
     assert out.returncode == 0, out.stderr[-2000:]
 
 
-@pytest.mark.timeout(600)  # heartbeats every 30 s, 90 s of silence, a 120 s lease: ~3 min
+@pytest.mark.timeout(600)  # heartbeats every 30 s, 90 s of silence, a 90 s lease: ~2.5 min
 def test_a_worker_killed_mid_roll_leaves_a_crashed_run_and_a_lab_the_next_run_finishes(
         platform, lab: LabConfig):
     order = all_in_rotation(lab)
@@ -92,15 +92,9 @@ def test_a_worker_killed_mid_roll_leaves_a_crashed_run_and_a_lab_the_next_run_fi
             time.sleep(1)
         freed = time.monotonic() - crashed_at
 
-        # A new worker; the next run sees the web left out and refuses, saying how to finish.
+        # A new worker; the run that names the web left out finishes the job (a plain re-run
+        # refuses, naming it and put_back: tests/test_guarantee_faults.py shows that).
         start_worker(platform)
-        status, seen = platform.create_run("restart-webs", {"delay": 1})
-        seen = platform.wait_for(seen["id"], FINAL)
-        assert seen["state_type"] == "FAILED"
-        said = platform.report(seen["id"])
-        assert "va-web02" in said["description"]
-        assert "put_back=['va-web02']" in said["data"]
-        assert {h: pid(lab, h) for h in later} == {h: before[h] for h in later}
 
         # The run that names it finishes the job: va-web02 first, then the canary and the rest.
         status, again = platform.create_run("restart-webs", {"delay": 1,
