@@ -95,6 +95,9 @@ def _child(request: dict, fds: list[int], api_url: str | None) -> None:
 
         traceback.print_exc()
         code = 1
+    import atexit
+
+    atexit._run_exitfuncs()  # as at a normal exit: Prefect sends the logs it still holds
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

@@ -24,6 +24,7 @@ import urllib.error
 import urllib.request
 from base64 import b64encode
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -95,11 +96,16 @@ class Platform:
         return self._deployments[name]
 
     def create_run(self, name: str, params: dict | None = None,
-                   idempotency_key: str | None = None) -> tuple[int, object]:
-        """POST /deployments/{id}/create_flow_run, as the README's curl call does."""
+                   idempotency_key: str | None = None, at: datetime | None = None
+                   ) -> tuple[int, object]:
+        """POST /deployments/{id}/create_flow_run, as the README's curl call does (`at`: a run
+        scheduled for then instead of now)."""
         body: dict = {"parameters": {"params": params or {}}}
         if idempotency_key:
             body["idempotency_key"] = idempotency_key
+        if at is not None:
+            body["state"] = {"type": "SCHEDULED",
+                             "state_details": {"scheduled_time": at.isoformat()}}
         return self.api("POST", f"/deployments/{self.deployment(name)['id']}/create_flow_run",
                         body)
 
