@@ -146,14 +146,7 @@ def host_pids(cfg: LabConfig, host: str) -> set[int]:
 
         if pid := mail.is_running(cfg):
             roots.add(pid)
-    children = procs.children_by_parent()
-    found, todo = set(), list(roots)
-    while todo:
-        pid = todo.pop()
-        if pid not in found:
-            found.add(pid)
-            todo.extend(children.get(pid, []))
-    return found
+    return procs.descendants(roots)
 
 
 def ps(cfg: LabConfig, host: str, args: list[str]) -> int:

@@ -138,6 +138,18 @@ def children_by_parent() -> dict[int, list[int]]:
     return children
 
 
+def descendants(roots: set[int] | list[int]) -> set[int]:
+    """`roots` and every process under them (one /proc scan)."""
+    children = children_by_parent()
+    found, todo = set(), list(roots)
+    while todo:
+        pid = todo.pop()
+        if pid not in found:
+            found.add(pid)
+            todo.extend(children.get(pid, []))
+    return found
+
+
 def processes_under(path: str) -> list[int]:
     """Pids of every process whose command line or cwd mentions `path` (for a final sweep)."""
     found = []

@@ -46,21 +46,15 @@ def _wait_for_importers(cfg: LabConfig, timeout: float) -> str:
     """Wait until every jobs host runs its content-importers (a worker-manager starts one per
     5 s pass after `lab up`); return what is still missing, or ''."""
     import time
-    from pathlib import Path
 
     from lab import ctl
-
-    def title(pid: int) -> str:
-        try:
-            return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            return ""
+    from lab.workers import read_title
 
     deadline = time.monotonic() + timeout
     while True:
         missing = []
         for h in cfg.hosts_with("jobs"):
-            n = sum(title(pid).startswith("content-importer") for pid in ctl.host_pids(cfg, h.name))
+            n = sum(read_title(pid).startswith("content-importer") for pid in ctl.host_pids(cfg, h.name))
             if n < cfg.workload.importers_per_host:
                 missing.append(f"{h.name} has {n} of {cfg.workload.importers_per_host} importers")
         if not missing or time.monotonic() > deadline:

@@ -16,7 +16,7 @@ import re
 import subprocess
 import time
 import uuid
-from typing import Callable, Iterator
+from typing import Iterator
 
 import pymysql
 import pytest
@@ -28,6 +28,7 @@ from lab import jobs as schwartz
 from lab.config import LabConfig, read_counters
 from lab.workers import BORED_TITLE, MANAGER_TITLE, read_title
 from tasks.workers import parse_workers_ps
+from test_lab_workers import wait_for
 
 pytestmark = pytest.mark.lab
 
@@ -79,16 +80,6 @@ def ready_manager(lab: LabConfig, host: str) -> int | None:
         return None  # a worker that has not set its title yet
     want = c.get("want") or {}
     return pid if want and all(names.count(n) >= k for n, k in want.items()) else None
-
-
-def wait_for(what: str, fn: Callable[[], object], timeout: float, every: float = 0.2) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = fn()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def query(conn: pymysql.connections.Connection, sql: str, args: tuple = ()) -> list[tuple]:

@@ -28,13 +28,9 @@ def pid(lab: LabConfig, host: str) -> int | None:
     return procs.read_pid(services.find(lab, "apache2", host).pidfile)
 
 
-def kill_tree(root: int) -> list[int]:
+def kill_tree(root: int) -> set[int]:
     """SIGKILL `root` and every process under it; return their pids."""
-    children, found, todo = procs.children_by_parent(), [], [root]
-    while todo:
-        p = todo.pop()
-        found.append(p)
-        todo.extend(children.get(p, []))
+    found = procs.descendants([root])
     for p in found:
         try:
             os.kill(p, signal.SIGKILL)
