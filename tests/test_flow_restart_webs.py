@@ -13,7 +13,7 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import boto3
 from botocore.config import Config
@@ -22,6 +22,7 @@ from flows.restart_webs import RestartWebsParams
 from lab import ctl, procs, services
 from lab.config import LabConfig
 from lab.traffic import parse_target_health, read_aws_credentials, read_traffic
+from test_lab_web import wait_for
 
 DELAY = 1.0
 DEFAULT_DELAY = RestartWebsParams.model_fields["delay"].default  # the notes' 5 s
@@ -72,14 +73,6 @@ def ssh_logins(lab: LabConfig) -> dict[str, int]:
         log = Path(services.find(lab, "sshd", h).logfile)
         out[h] = log.read_text(errors="replace").count("Accepted publickey") if log.exists() else 0
     return out
-
-
-def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.1)
 
 
 def put_back(lab: LabConfig, order: list[str]) -> None:
