@@ -150,6 +150,43 @@ def lab_down(
     err.print(f"lab down: stopped {len(stopped or [])} processes")
 
 
+scale_app = typer.Typer(help="Extra lightweight SSH hosts on 127.40.x.x for fan-out benchmarks.",
+                        no_args_is_help=True)
+lab_app.add_typer(scale_app, name="scale")
+
+
+@scale_app.command("up")
+def lab_scale_up(hosts: int = typer.Option(200, "--hosts", min=1, max=50_000,
+                                           help="how many SSH hosts to run")) -> None:
+    """Start HOSTS Dropbear sshds (own host keys, the lab's client key); write their inventory."""
+    from lab import scale
+
+    try:
+        path = scale.up(hosts)
+    except Exception as e:  # a failed start names the log
+        err.print(f"[red]lab scale up failed:[/] {escape(str(e))}")
+        raise typer.Exit(1) from None
+    st = scale.status()
+    err.print(f"{st['listening']} scaled hosts listening; inventory {path}; "
+              f"known_hosts {st['known_hosts']}")
+
+
+@scale_app.command("down")
+def lab_scale_down() -> None:
+    """Stop every scaled host (nothing is left running or listening)."""
+    from lab import scale
+
+    err.print(f"lab scale down: stopped {len(scale.down())} processes")
+
+
+@scale_app.command("status")
+def lab_scale_status() -> None:
+    """How many scaled hosts run and listen, and their memory."""
+    from lab import scale
+
+    sys.stdout.write(json.dumps(scale.status(), indent=2) + "\n")
+
+
 @lab_app.command("status")
 def lab_status(as_json: bool = typer.Option(False, "--json", help="machine-readable output")) -> None:
     """Every lab host and service with its pid and state, the lab's paths and counters."""
