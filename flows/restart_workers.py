@@ -16,10 +16,18 @@ it.)"
    `max_wait` seconds; still busy, refuse: nothing is restarted, the report names the imports.
    Busy, an emergency: ask for approval (`--approve`, or a pause in Prefect) naming each import
    that would be lost and how long it would pause; no approval, nothing is restarted.
-5. Read TheSchwartz's ready queue: the baseline.
-6. Read the importers again just before the restart: an import that started meanwhile (and was
-   not approved) halts the run, nothing restarted.
-7. Restart once: `restart_jobs` on the admin host. Never retried.
+5. Read TheSchwartz: the ready queue (the baseline) and the import jobs grabbed right now.
+6. Hold the importers still: SIGSTOP every content-importer on every jobs host
+   (`workers.freeze_importers`, which leaves a dead man's SIGCONT on the host), then read `ps`
+   and TheSchwartz again. Every importer frozen, bored (or on an approved import), and no import
+   job grabbed since step 5: no importer can start an import before the restart, so none is
+   lost. Otherwise thaw them (`workers.thaw_importers`) and wait again within `max_wait` (an
+   emergency refuses). Without this hold, bin/restart-jobs restarting the jobs hosts one after the
+   other lets the second host's importers grab an import while the first restarts, and kill it
+   10 s later (measured on the lab: 4 imports in 2 runs).
+7. Restart once: `restart_jobs` on the admin host. Never retried. The frozen importers are idle;
+   each worker-manager KILLs them after its 10 s grace. Every path that does not end in a
+   verified restart thaws them.
 8. Verify each jobs host within `verify_timeout`: a worker-manager with a new pid, every worker
    back with a new pid (importers bored, or busy with new imports).
 9. Watch the ready queue for `queue_drain_seconds`: it must not grow (beyond `queue_slack`).
@@ -42,17 +50,19 @@ from dwops.inventory import Inventory, resolve_inventory
 from dwops.runbook import (maintenance, BadParameters, EmergencyParams, Gate, Outcome, Plan, Report, Step,
                            finish, publish_plan)
 from tasks.common import attempt
-from tasks.database import DatabaseRefused, read_schwartz_queue
+from tasks.database import DatabaseRefused, read_grabbed_imports, read_schwartz_queue
 from tasks.importers import ImporterProcess
 from tasks.ssh import SshError, ssh_session
-from tasks.workers import (WorkersReading, describe_import, import_pause, read_workers,
-                           restart_jobs_host)
+from tasks.workers import (WorkersReading, describe_import, freeze_commands_missing,
+                           freeze_importers, import_pause, read_workers, restart_jobs_host,
+                           thaw_importers)
 from tasks.workers import restart_workers as restart_all_workers
 
 FLOW = "restart-workers"
 RESTART = "restart workers"
 VERIFY = "verify workers"
 QUEUE = "verify TheSchwartz queue"
+GRAB_SETTLE_SECONDS = 2.0  # an importer shows an import in its title within ms of grabbing it
 
 
 class RestartWorkersParams(EmergencyParams):
@@ -103,6 +113,10 @@ async def restart_workers(params: RestartWorkersParams = RestartWorkersParams())
         admin = restart_jobs_host(inventory)
     except KeyError as e:
         raise BadParameters(e.args[0]) from None
+    if missing := freeze_commands_missing(inventory):
+        raise BadParameters(f"inventory {inventory.name!r}: services.workers needs the commands "
+                            f"{' and '.join(missing)} (hold the importers still for the last "
+                            f"read; see inventory/production.toml)")
     db = inventory.database.address
 
     # 2. The plan.
@@ -129,60 +143,60 @@ async def restart_workers(params: RestartWorkersParams = RestartWorkersParams())
         if approved is None:
             return await finish(report, log)
 
-        # 5. TheSchwartz's ready jobs before the restart.
-        before_ready = await _ready_jobs(inventory)
-        if isinstance(before_ready, Exception):
-            log.error("cannot read TheSchwartz's queue: %s; not restarting", before_ready)
-            report.reading("TheSchwartz before", {"error": str(before_ready)})
-            report.halt(f"cannot read TheSchwartz's queue ({before_ready}): the restart could "
+        # 5. TheSchwartz before the restart: the ready jobs, and the imports grabbed now.
+        schwartz = await _read_schwartz(inventory)
+        if isinstance(schwartz, Exception):
+            log.error("cannot read TheSchwartz: %s; not restarting", schwartz)
+            report.reading("TheSchwartz before", {"error": str(schwartz)})
+            report.halt(f"cannot read TheSchwartz's queue ({schwartz}): the restart could "
                         f"not be verified; nothing restarted")
             return await finish(report, log)
-        report.reading("TheSchwartz before", {"ready": before_ready})
+        before_ready, grabbed = schwartz
+        report.reading("TheSchwartz before", {"ready": before_ready,
+                                              "imports_grabbed": sorted(grabbed)})
 
-        # 6. Just before the restart: has an import started since?
-        before = await _read_or_halt(inventory, report, log, "just before the restart")
-        if before is None:
+        # 6. Hold the importers still for the last read; thawed on every path but a restart.
+        held = await _hold_importers(inventory, report, log, params, approved, grabbed)
+        if held is None:
             return await finish(report, log)
-        gate = report.gate(importers_are_idle(before, approved))
-        if not gate.ok:
-            log.error("an import started since the last read: %s; not restarting", gate.reason)
-            report.halt(f"refused: an import started just before the restart ({gate.reason}); "
-                        f"nothing restarted")
-            return await finish(report, log)
-        log.info("just before the restart: %s", gate.reason)
-        for h, r in before.items():
-            report.reading(f"{h} just before the restart", workers_figures(r))
+        before = held
         lost = busy_imports(before)
-
-        # 7. The restart, once.
-        log.warning("restarting every jobs host's workers: %s on %s", "restart_jobs", admin)
-        started = time.monotonic()
+        restarted_ok = False
         try:
-            result = await restart_all_workers(inventory)
-            failure = (None if result.ok else
-                       f"restart_jobs exited {result.exit_status}: "
-                       f"{(result.stderr or result.stdout).strip()[-300:]}")
-        except SshError as e:
-            failure = f"{e} (not retried: the workers' state is read instead)"
-        if failure:
-            report.record(admin, RESTART, Outcome.FAILED, failure, started)
-            after = await read_workers(inventory)
-            for h, r in after.items():
-                report.reading(f"{h} after the failed restart", workers_figures(r))
-            log.error("restart failed: %s", failure)
-            report.halt(f"the restart failed on {admin}: {failure}")
-            return await finish(report, log)
-        detail = f"restart_jobs exited 0 in {result.seconds:.1f} s"
-        if lost:
-            detail += f"; approved loss of: {_names(lost)}"
-        report.record(admin, RESTART, Outcome.DONE, detail, started)
-        log.info("%s: %s", admin, detail)
+            # 7. The restart, once.
+            log.warning("restarting every jobs host's workers: %s on %s", "restart_jobs", admin)
+            started = time.monotonic()
+            try:
+                result = await restart_all_workers(inventory)
+                failure = (None if result.ok else
+                           f"restart_jobs exited {result.exit_status}: "
+                           f"{(result.stderr or result.stdout).strip()[-300:]}")
+            except SshError as e:
+                failure = f"{e} (not retried: the workers' state is read instead)"
+            if failure:
+                report.record(admin, RESTART, Outcome.FAILED, failure, started)
+                after = await read_workers(inventory)
+                for h, r in after.items():
+                    report.reading(f"{h} after the failed restart", workers_figures(r))
+                log.error("restart failed: %s", failure)
+                report.halt(f"the restart failed on {admin}: {failure}")
+                return await finish(report, log)
+            detail = (f"restart_jobs exited 0 in {result.seconds:.1f} s (the frozen idle importers "
+                      f"KILLed by each worker-manager after its 10 s grace)")
+            if lost:
+                detail += f"; approved loss of: {_names(lost)}"
+            report.record(admin, RESTART, Outcome.DONE, detail, started)
+            log.info("%s: %s", admin, detail)
 
-        # 8. Every jobs host's workers back, all new.
-        restarted = time.monotonic()
-        came_back = await _verify_workers(inventory, report, log, params, before, restarted)
-        if not came_back:
-            return await finish(report, log)
+            # 8. Every jobs host's workers back, all new.
+            restarted = time.monotonic()
+            restarted_ok = await _verify_workers(inventory, report, log, params, before,
+                                                 restarted)
+            if not restarted_ok:
+                return await finish(report, log)
+        finally:
+            if not restarted_ok:  # a frozen importer the restart did not replace goes on
+                await _thaw(inventory, report, log, "after the restart did not complete")
 
     # 9. TheSchwartz's ready queue drains.
     await _watch_queue(inventory, report, log, params, before_ready, db)
@@ -211,13 +225,16 @@ def plan_restart(inventory: str, admin: str, hosts: list[str], db: str,
                          f"(slack {params.queue_slack})")],
         gates=["every jobs host answers `ps` (else halt, nothing changed)",
                f"importers_are_idle: every content-importer `[bored]`; {busy_rule}",
-               "re-read just before the restart: an import started meanwhile (and not "
-               "approved) refuses the restart",
+               "importers_are_held: every content-importer frozen (SIGSTOP) for the last read, "
+               "bored (or on an approved import), no import job grabbed since the read before; "
+               "else thawed and, within max_wait, waited for again (an emergency refuses)",
                "after: workers_came_back on every jobs host; schwartz_queue_is_draining"],
         notes=["The notes: restarting workers during an import pauses that user's import for "
                "12 hours (entries; comments 72 h).",
-               "An import that starts in the seconds between the last read and the restart "
-               "cannot be seen by any read; the run keeps that window as short as it can."]
+               "The importers stay frozen from the last read to the restart, so no import can "
+               "start in between; each worker-manager KILLs its frozen, idle importers after "
+               "its 10 s grace. A frozen host thaws by itself 2 minutes later whatever happens "
+               "to this run."]
         + (["EMERGENCY run: busy imports are lost only with a human's approval."]
            if params.emergency else []))
 
@@ -243,6 +260,32 @@ def importers_are_idle(readings: dict[str, WorkersReading],
                     figures)
     return Gate("importers are idle", True,
                 f"all {total} content-importers bored on {', '.join(readings)}", figures)
+
+
+def importers_are_held(readings: dict[str, WorkersReading], approved: frozenset,
+                       grabbed_before: frozenset[int], grabbed_now: frozenset[int]) -> Gate:
+    """The last read before the restart, taken with every content-importer frozen: each one is
+    stopped (`T`), bored or on an approved import, and TheSchwartz shows no import job grabbed
+    since the read before the freeze (an importer frozen between grabbing a job and showing it
+    in its title would hide it from `ps`)."""
+    idle = importers_are_idle(readings, approved)
+    running = [f"{h} pid {p.pid}" for h, r in readings.items() for p in r.importers
+               if not p.frozen]
+    new = sorted(grabbed_now - grabbed_before)
+    figures = {**idle.readings, "not_frozen": running, "grabbed_since": new}
+    problems = []
+    if running:
+        problems.append(f"not frozen: {', '.join(running)} (started since the freeze?)")
+    if not idle.ok:
+        problems.append(idle.reason)
+    if new:
+        problems.append(f"import job(s) {', '.join(map(str, new))} grabbed since the last read")
+    if problems:
+        return Gate("importers are held", False, "; ".join(problems), figures)
+    total = sum(len(r.importers) for r in readings.values())
+    return Gate("importers are held", True,
+                f"all {total} content-importers frozen; {idle.reason}; no import grabbed since "
+                f"the last read", figures)
 
 
 def what_is_lost(busy: list[BusyImport]) -> str:
@@ -437,6 +480,88 @@ async def _verify_workers(inventory: Inventory, report: Report, log: Any,
     report.halt(f"workers did not come back on {', '.join(pending)} within "
                 f"{params.verify_timeout:g} s")
     return False
+
+
+async def _read_schwartz(inventory: Inventory) -> tuple[int, frozenset[int]] | Exception:
+    """TheSchwartz's ready jobs and the import jobs grabbed now, or the error that stopped it."""
+    ready = await _ready_jobs(inventory)
+    if isinstance(ready, Exception):
+        return ready
+    try:
+        return ready, await attempt(lambda: read_grabbed_imports(inventory))
+    except (Unavailable, DatabaseRefused) as e:
+        return e
+
+
+async def _hold_importers(inventory: Inventory, report: Report, log: Any,
+                          params: RestartWorkersParams, approved: frozenset,
+                          grabbed: frozenset[int]) -> dict[str, WorkersReading] | None:
+    """Freeze every content-importer and read again, until the held read shows nothing that a
+    restart would lose (the importers stay frozen: returns that read), or the run must stop
+    (thawed, report halted: None). Busy, not an emergency: thaw, wait within what is left of
+    `max_wait`, and try again."""
+    deadline = time.monotonic() + params.max_wait
+    read_at = time.monotonic()
+    while True:
+        await asyncio.sleep(max(0.0, GRAB_SETTLE_SECONDS - (time.monotonic() - read_at)))
+        failed = {h: e for h, e in (await freeze_importers(inventory)).items() if e}
+        if failed:
+            await _thaw(inventory, report, log, "after a failed freeze")
+            why = "; ".join(failed.values())
+            log.error("cannot freeze the content-importers (%s); nothing restarted", why)
+            report.halt(f"cannot hold the content-importers still ({why}); nothing restarted")
+            return None
+        readings = await _read_or_halt(inventory, report, log, "held")
+        schwartz = None if readings is None else await _read_schwartz(inventory)
+        if readings is None or isinstance(schwartz, Exception):
+            await _thaw(inventory, report, log, "after a failed read")
+            if isinstance(schwartz, Exception):
+                report.halt(f"cannot read TheSchwartz while the importers are held ({schwartz}); "
+                            f"nothing restarted")
+            return None
+        gate = report.gate(importers_are_held(readings, approved, grabbed, schwartz[1]))
+        for h, r in readings.items():
+            report.reading(f"{h} held", workers_figures(r))
+        if gate.ok:
+            log.info("%s: %s", gate.name, gate.reason)
+            return readings
+        await _thaw(inventory, report, log, "an import is under way")
+        if params.emergency or time.monotonic() >= deadline:
+            why = ("it was not in the approved emergency" if params.emergency else
+                   f"still so after waiting {params.max_wait} s")
+            log.error("not restarting: %s (%s)", gate.reason, why)
+            report.halt(f"refused: an import started just before the restart ({gate.reason}; "
+                        f"{why}); nothing restarted")
+            return None
+        log.info("an import started just before the restart (%s): waiting again", gate.reason)
+        wait = params.model_copy(update={"max_wait": int(max(0, deadline - time.monotonic()))})
+        thawed = await _read_or_halt(inventory, report, log, "after thawing")
+        if thawed is None:
+            return None
+        thawed, idle = await _wait_for_idle(inventory, report, log, wait, thawed)
+        if thawed is None:
+            return None
+        if not idle.ok:
+            report.halt(f"refused: content-importers still busy after waiting "
+                        f"{params.max_wait} s ({idle.reason}); nothing restarted")
+            return None
+        read_at = time.monotonic()
+        schwartz = await _read_schwartz(inventory)
+        if isinstance(schwartz, Exception):
+            report.halt(f"cannot read TheSchwartz ({schwartz}); nothing restarted")
+            return None
+        grabbed = schwartz[1]
+
+
+async def _thaw(inventory: Inventory, report: Report, log: Any, why: str) -> None:
+    """SIGCONT every content-importer; a host where that fails thaws by its dead man's thaw."""
+    failed = {h: e for h, e in (await thaw_importers(inventory)).items() if e}
+    report.reading(f"importers thawed ({why})",
+                   {"failed": failed, "note": "a failed host thaws by itself within 2 minutes"}
+                   if failed else {"hosts": "all"})
+    if failed:
+        log.error("thawing the content-importers failed on %s: %s; they thaw by themselves "
+                  "within 2 minutes", ", ".join(failed), "; ".join(failed.values()))
 
 
 async def _ready_jobs(inventory: Inventory) -> int | Exception:

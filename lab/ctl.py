@@ -8,6 +8,7 @@ gearmand. Output and exit codes follow init-script conventions (status: 0 runnin
     python -m lab.ctl --config lab.json restart-jobs | restart-memcache | restart-ddlockd
     python -m lab.ctl --config lab.json restart-webs [DELAY]
     python -m lab.ctl --config lab.json importer-status
+    python -m lab.ctl --config lab.json freeze-importers|thaw-importers dw-workers HOST [--after S]
     python -m lab.ctl --config lab.json ps HOST -- PS-ARGS...
 
 Fault switch: while the host has a file `faults/restart-fails` in its root folder
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -88,6 +90,50 @@ def restart(cfg: LabConfig, name: str, host: str, *, wait: bool = True) -> int:
         return 1
     stop(cfg, name, host)
     return start(cfg, name, host, wait=wait)
+
+
+# -- a jobs host's content-importers, frozen while restart-workers decides --------------------------
+
+THAW_AFTER_SECONDS = 120.0
+
+
+def importer_pids(cfg: LabConfig, host: str) -> list[int]:
+    """This host's content-importer processes (its worker-manager's children by title)."""
+    from lab.workers import read_title  # local: lab.workers is heavy and imports this module's peers
+
+    return sorted(pid for pid in host_pids(cfg, host)
+                  if read_title(pid).startswith("content-importer"))
+
+
+def signal_importers(cfg: LabConfig, host: str, sig: signal.Signals) -> int:
+    """Send `sig` to every content-importer of `host` (`pkill -SIG -f '^content-importer'` on a
+    real jobs host); print what was signalled."""
+    pids = importer_pids(cfg, host)
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            continue
+    print(f"{sig.name} sent to {len(pids)} content-importers on {host}: "
+          f"{' '.join(map(str, pids)) or 'none'}")
+    return 0
+
+
+def freeze_importers(cfg: LabConfig, host: str, thaw_after: float = THAW_AFTER_SECONDS) -> int:
+    """SIGSTOP every content-importer of `host`, and leave a dead man's thaw behind: SIGCONT
+    `thaw_after` seconds later whatever happens to the caller (a no-op on the processes a
+    restart replaced)."""
+    subprocess.Popen([cfg.python, "-m", "lab.ctl", "--config", str(cfg.config_path),
+                      "thaw-importers", "dw-workers", host, "--after", str(thaw_after)],
+                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                     stderr=subprocess.DEVNULL, start_new_session=True)
+    return signal_importers(cfg, host, signal.SIGSTOP)
+
+
+def thaw_importers(cfg: LabConfig, host: str, after: float = 0.0) -> int:
+    if after:
+        time.sleep(after)
+    return signal_importers(cfg, host, signal.SIGCONT)
 
 
 # -- dfw-admin01 and va-admin01 tools, as the production notes describe them -------------------
@@ -192,6 +238,12 @@ def main(argv: list[str] | None = None) -> int:
             if a.action == "restart":
                 return restart(cfg, name, host, wait=wait)
             return {"stop": stop, "status": status}[a.action](cfg, name, host)
+        if a.action in ("freeze-importers", "thaw-importers"):
+            _name, host, *more = rest  # `etc/init.d/dw-workers freeze-importers` on a jobs host
+            after = float(more[more.index("--after") + 1]) if "--after" in more else None
+            if a.action == "freeze-importers":
+                return freeze_importers(cfg, host, after or THAW_AFTER_SECONDS)
+            return thaw_importers(cfg, host, after or 0.0)
         if a.action == "restart-jobs":
             return restart_jobs(cfg)
         if a.action == "restart-memcache":

@@ -177,7 +177,9 @@ def write_inventory(cfg: LabConfig) -> Path:
             kind="perl")
     service("ddlockd", "jobs", p.ddlockd, {a: f"etc/init.d/ddlockd {a}" for a in ("start", "status")})
     service("workers", "jobs", None, {"ps": "ps -ww -eo pid,tty,stat,bsdtime,args",
-                                      "status": "etc/init.d/dw-workers status"})
+                                      "status": "etc/init.d/dw-workers status",
+                                      "freeze_importers": "etc/init.d/dw-workers freeze-importers",
+                                      "thaw_importers": "etc/init.d/dw-workers thaw-importers"})
     service("memcached", "memcache", p.memcached, {a: f"etc/init.d/memcached {a}"
                                                    for a in ("restart", "status")})
     service("mail", "mail", p.smtp, {"queue": "postqueue -j", "queue_summary": "postqueue -p"})

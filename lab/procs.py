@@ -30,12 +30,17 @@ def pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
+    return proc_state(pid) not in ("", "Z", "X")
+
+
+def proc_state(pid: int) -> str:
+    """The process's state letter from /proc (`S` sleeping, `R` running, `T` stopped, ...), or
+    '' when it is gone."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
-        return state not in ("Z", "X")
-    except (FileNotFoundError, IndexError):
-        return False
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0]  # after the command name, which may hold spaces
+    except (OSError, IndexError):
+        return ""
 
 
 def start(

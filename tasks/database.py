@@ -123,6 +123,17 @@ SERVER_TIME_SQL = "SELECT UNIX_TIMESTAMP()"
 
 # One row per function that has jobs (aliases quoted: `delayed` is a reserved word). %(now)s is
 # the database's own UNIX_TIMESTAMP(), read just before on the same connection.
+# Dreamwidth's content-importers' TheSchwartz functions (DW::Worker::ContentImporter::LiveJournal::
+# Entries, ::Comments, ::Userpics, ...): the jobs a restart must not take from a busy importer.
+IMPORT_FUNCTIONS_LIKE = "DW::Worker::ContentImporter::%"
+
+GRABBED_IMPORTS_SQL = """
+SELECT j.jobid AS `jobid`
+  FROM job j JOIN funcmap f ON f.funcid = j.funcid
+ WHERE f.funcname LIKE %(like)s AND j.grabbed_until > UNIX_TIMESTAMP()
+ ORDER BY j.jobid
+"""
+
 SCHWARTZ_QUEUE_SQL = """
 SELECT f.funcname AS `function`,
        COUNT(*) AS `total`,
@@ -384,6 +395,14 @@ def _read_schwartz_queue_sync(inventory: Inventory) -> list[FunctionQueue]:
     return _run(inventory, inventory.database.schwartz_db, work)
 
 
+def _read_grabbed_imports_sync(inventory: Inventory) -> frozenset[int]:
+    def work(cur: Any) -> frozenset[int]:
+        cur.execute(GRABBED_IMPORTS_SQL, {"like": IMPORT_FUNCTIONS_LIKE})
+        return frozenset(int(r["jobid"]) for r in cur.fetchall())
+
+    return _run(inventory, inventory.database.schwartz_db, work)
+
+
 def _read_schwartz_errors_sync(inventory: Inventory, since_seconds: int) -> dict[str, int]:
     def work(cur: Any) -> dict[str, int]:
         cur.execute(SCHWARTZ_ERRORS_SQL, {"since": int(since_seconds)})
@@ -409,6 +428,13 @@ def _read_db_load_sync(inventory: Inventory, window: float) -> DbLoad:
 async def read_schwartz_queue(inventory: Inventory) -> list[FunctionQueue]:
     """Read TheSchwartz's queue per function, on the database's clock. Read-only; safe to retry."""
     return await asyncio.to_thread(_read_schwartz_queue_sync, inventory)
+
+
+async def read_grabbed_imports(inventory: Inventory) -> frozenset[int]:
+    """The jobids of content-import jobs grabbed right now (`grabbed_until` in the future on the
+    database's clock): imports being worked, and imports an earlier kill left grabbed until their
+    lease ends. Read-only; safe to retry."""
+    return await asyncio.to_thread(_read_grabbed_imports_sync, inventory)
 
 
 async def read_schwartz_errors(inventory: Inventory, since_seconds: int = 3600) -> dict[str, int]:

@@ -17,7 +17,7 @@ user `USER(ID)`, with the step it is on after that.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 __all__ = ["ImporterProcess", "parse_importer_ps", "parse_importer_title", "BORED"]
 
@@ -53,10 +53,15 @@ class ImporterProcess:
     userid: int | None
     progress: str
     title: str
+    stat: str = ""  # ps's STAT: `T` while stopped (frozen by restart-workers)
 
     @property
     def bored(self) -> bool:
         return self.state == BORED
+
+    @property
+    def frozen(self) -> bool:
+        return "T" in self.stat
 
 
 def parse_importer_title(pid: int, title: str) -> ImporterProcess:
@@ -93,5 +98,6 @@ def parse_importer_ps(output: str) -> list[ImporterProcess]:
         args = m.group("args")
         if not args.startswith(TITLE_PREFIX):
             continue
-        found.append(parse_importer_title(int(m.group("pid")), args))
+        found.append(replace(parse_importer_title(int(m.group("pid")), args),
+                             stat=m.group("stat")))
     return found

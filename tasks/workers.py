@@ -179,3 +179,42 @@ async def restart_workers(inventory: Inventory) -> CommandResult:
     host = restart_jobs_host(inventory)
     async with ssh_pool(inventory) as pool:
         return await pool.run(host, "restart_jobs")
+
+
+# -- holding the content-importers still while the restart decides --------------------------------
+
+FREEZE, THAW = "workers.freeze_importers", "workers.thaw_importers"
+
+
+def freeze_commands_missing(inventory: Inventory) -> list[str]:
+    """The importer freeze/thaw commands the inventory's `workers` service lacks (none: [])."""
+    commands = inventory.services["workers"].commands if "workers" in inventory.services else {}
+    return [c.split(".", 1)[1] for c in (FREEZE, THAW) if c.split(".", 1)[1] not in commands]
+
+
+async def _everywhere(inventory: Inventory, command: str) -> dict[str, str | None]:
+    """Run `command` on every jobs host at once: host -> None when it worked, else the error."""
+    async with ssh_pool(inventory) as pool:
+        results = await pool.run_everywhere(inventory.hosts_for("workers"), command)
+    return {h: (str(r) if isinstance(r, SshError) else None if r.ok else
+                f"{h}: exited {r.exit_status}: {(r.stderr or r.stdout).strip()[-200:]}")
+            for h, r in results.items()}
+
+
+@task(name="freeze-importers", cache_policy=NO_CACHE)
+async def freeze_importers(inventory: Inventory) -> dict[str, str | None]:
+    """SIGSTOP every content-importer on every jobs host (`workers.freeze_importers`), so that no
+    importer can grab an import between the flow's last read and the restart.
+
+    CHANGES PRODUCTION, briefly: a frozen importer neither grabs nor progresses. The command
+    leaves a dead man's thaw on the host (SIGCONT two minutes later, whatever becomes of this
+    run); the flow thaws at once on every path that does not restart. Never retried: the flow
+    reads `ps` to see which importers are frozen."""
+    return await _everywhere(inventory, FREEZE)
+
+
+@task(name="thaw-importers", cache_policy=NO_CACHE)
+async def thaw_importers(inventory: Inventory) -> dict[str, str | None]:
+    """SIGCONT every content-importer on every jobs host (`workers.thaw_importers`); harmless on
+    processes that were never frozen. A host where it failed thaws by its dead man's thaw."""
+    return await _everywhere(inventory, THAW)

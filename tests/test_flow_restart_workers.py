@@ -21,7 +21,7 @@ from typing import Iterator
 import pymysql
 import pytest
 
-from flows.restart_workers import (importers_are_idle, schwartz_queue_is_draining,
+from flows.restart_workers import (importers_are_held, importers_are_idle, schwartz_queue_is_draining,
                                    what_is_lost, busy_imports, workers_came_back)
 from lab import ctl, procs, services
 from lab import jobs as schwartz
@@ -220,6 +220,54 @@ def test_gates_on_recorded_ps():
     assert not grew.ok and grew.reason.startswith("ready jobs 0 -> 45 over 30 s (up 45; slack 5)")
 
 
+def test_held_gate_on_recorded_frozen_ps():
+    """Pure: the last read before the restart, on `ps` recorded on dfw-jobs01 with its importers
+    frozen by `etc/init.d/dw-workers freeze-importers` (two bored, one on a friendgroups import)."""
+    frozen = parse_workers_ps(recorded("workers", "ps-dfw-jobs01-frozen.txt"))
+    assert [(p.pid, p.stat, p.frozen) for p in frozen.importers] == [
+        (25032, "T", True), (25159, "T", True), (25393, "T", True)]
+    busy = importers_are_held({"dfw-jobs01": frozen}, frozenset(), frozenset({7}), frozenset({7}))
+    assert not busy.ok and busy.reason == (
+        "1 of 3 content-importers busy: dfw-jobs01 pid 25393 friendgroups: user2025(2025)")
+    approved = frozenset(b.key for b in busy_imports({"dfw-jobs01": frozen}))
+    held = importers_are_held({"dfw-jobs01": frozen}, approved, frozenset({7}), frozenset({7}))
+    assert held.ok and held.reason.startswith("all 3 content-importers frozen; only approved "
+                                              "imports busy"), held.reason
+    # an importer frozen between grabbing a job and showing it in its title: only TheSchwartz
+    # tells, by a job grabbed since the read before the freeze
+    hidden = importers_are_held({"dfw-jobs01": frozen}, approved, frozenset({7}),
+                                frozenset({7, 8812}))
+    assert not hidden.ok and hidden.reason == "import job(s) 8812 grabbed since the last read"
+    # an importer that was not frozen (a worker-manager respawned it after the freeze)
+    thawed = parse_workers_ps(recorded("workers", "ps-dfw-jobs01-frozen.txt").replace(
+        "25159 ?        T ", "25159 ?        S "))
+    running = importers_are_held({"dfw-jobs01": thawed}, approved, frozenset(), frozenset())
+    assert not running.ok and running.reason.startswith(
+        "not frozen: dfw-jobs01 pid 25159 (started since the freeze?)"), running.reason
+
+
+def test_freeze_holds_a_hosts_importers_and_its_dead_mans_thaw_releases_them(quiet_lab):
+    """`etc/init.d/dw-workers freeze-importers` stops this host's importers only, and the thaw it
+    leaves behind releases them by itself (here after 2 s instead of 120)."""
+    lab = quiet_lab
+    first, other = jobs_hosts(lab)
+
+    def states(host: str) -> set[str]:
+        return {procs.proc_state(pid) for pid, t in children(manager_pid(lab, host)).items()
+                if t.startswith("content-importer")}
+
+    try:
+        assert ctl.freeze_importers(lab, first, thaw_after=2) == 0
+        assert states(first) == {"T"} and "T" not in states(other)
+        wait_for("the dead man's thaw", lambda: "T" not in states(first), 10, every=0.2)
+        assert ctl.freeze_importers(lab, first, thaw_after=60) == 0
+        assert states(first) == {"T"}
+        assert ctl.thaw_importers(lab, first) == 0
+        assert "T" not in states(first)
+    finally:
+        ctl.thaw_importers(lab, first)
+
+
 # -- the flow on the lab ---------------------------------------------------------------------------
 
 def test_bad_parameters_are_refused_before_anything_is_read(quiet_lab: LabConfig, dwops_run):
@@ -346,8 +394,12 @@ def test_waits_for_a_short_import_then_restarts_and_interrupts_nothing(
         assert report["halted"] is None
         idle = [g for g in report["gates"] if g["name"] == "importers are idle"]
         assert not idle[0]["ok"] and f"{user}(6464)" in idle[0]["reason"]  # it waited ...
-        assert [g["ok"] for g in idle] == [False, True, True]  # ... until all were bored,
-        assert "after waiting" in idle[1]["reason"]  # then read again just before the restart
+        assert [g["ok"] for g in idle] == [False, True]  # ... until all were bored,
+        assert "after waiting" in idle[1]["reason"]
+        held = [g for g in report["gates"] if g["name"] == "importers are held"]
+        assert [g["ok"] for g in held] == [True]  # then held them still for the last read
+        assert held[0]["reason"].startswith("all 6 content-importers frozen; all 6 "
+                                            "content-importers bored"), held[0]["reason"]
         done = results(report)
         assert done[("dfw-admin01", "restart workers")]["outcome"] == "done"
         for h in jobs_hosts(lab):
