@@ -301,16 +301,20 @@ def pids(root: Path | None = None) -> list[int]:
     from lab import procs
 
     root = Path(root or default_root())
-    found = []
     sup = procs.read_pid(_supervisor_pidfile(root))
-    if sup:
-        found.append(sup)
+    return ([sup] if sup else []) + server_pids(root)
+
+
+def server_pids(root: Path | None = None) -> list[int]:
+    """The running servers' pids, in host order (the supervisor's children)."""
+    from lab import procs
+
+    root = Path(root or default_root())
     try:
         children = json.loads((root / "pids.json").read_text())
     except (FileNotFoundError, ValueError):
-        children = []
-    found += [p for p in children if procs.pid_alive(p) and _is_ours(p, root)]
-    return found
+        return []
+    return [p for p in children if procs.pid_alive(p) and _is_ours(p, root)]
 
 
 def _is_ours(pid: int, root: Path) -> bool:
