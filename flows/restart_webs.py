@@ -104,6 +104,7 @@ class RestartWebsParams(EmergencyParams):
                              "restarts); delay=0 restarts every web at once after approval.")
 async def restart_webs(params: RestartWebsParams = RestartWebsParams()) -> dict[str, Any]:
     log = get_run_logger()
+    started_at = round(time.time(), 3)
 
     # 1. Inventory, hosts, and the parameters the inventory bounds.
     inventory = resolve_inventory(params.inventory)
@@ -181,6 +182,9 @@ async def restart_webs(params: RestartWebsParams = RestartWebsParams()) -> dict[
     if not after.ok and not report.halted:
         report.halt(f"after the restarts: {after.reason}")
     report.reading("outcome", _outcome(report, after))
+    # When the run began and when its last reading was taken (benchmarks/roll.py: everything
+    # between them that is neither a host's restart, its health wait nor a requested wait).
+    report.reading("run", {"started_at": started_at, "finished_at": round(time.time(), 3)})
     return await finish(report, log)
 
 
@@ -375,6 +379,7 @@ async def _restart_out_of_alb(inventory: Inventory, host: str, params: RestartWe
     """Out of the target group, drained, restarted, status=ok, back in, healthy in the ALB.
     Stops at the first failure, leaving the web out of the target group."""
     c = Cycle(host)
+    c.mark("started_at")
     address, port, health_path = _web_address(inventory, host)
 
     current = await _try(lambda: read_web_target(inventory, host))
@@ -437,6 +442,7 @@ async def _restart_in_place(inventory: Inventory, host: str, params: RestartWebs
     """The emergency path for one web: restarted where it is (still in the target group), then
     status=ok and healthy in the ALB."""
     c = Cycle(host)
+    c.mark("started_at")
     before = await _try(lambda: attempt(lambda: read_web_process(inventory, host)))
     if await _restart_and_verify(c, inventory, host, before, params, log):
         await _note_target(c, inventory)
@@ -479,6 +485,7 @@ async def _restart_and_verify(c: Cycle, inventory: Inventory, host: str,
         return True
 
     after = await _try(lambda: attempt(lambda: read_web_process(inventory, host)))
+    c.mark("pid_checked_at")
     c.figures["pid_after"] = after.pid if isinstance(after, WebProcess) else None
     if isinstance(after, WebProcess) and not after.running:
         c.fail("restart", f"its init script says it is not running after web.restart: "
