@@ -27,6 +27,8 @@ import sys
 import threading
 import time
 
+from pathlib import Path
+
 from lab import procs, services
 from lab.config import LabConfig
 
@@ -121,19 +123,39 @@ def signal_importers(cfg: LabConfig, host: str, sig: signal.Signals) -> int:
 
 def freeze_importers(cfg: LabConfig, host: str, thaw_after: float = THAW_AFTER_SECONDS) -> int:
     """SIGSTOP every content-importer of `host`, and leave a dead man's thaw behind: SIGCONT
-    `thaw_after` seconds later whatever happens to the caller (a no-op on the processes a
-    restart replaced)."""
+    `thaw_after` seconds later whatever happens to the caller, unless a thaw or a newer freeze
+    came first (the freeze's token in `run/dwops-importers-frozen` tells; without it, one run's
+    dead man would thaw the importers a later run holds)."""
+    token = f"{os.getpid()}-{time.time_ns()}"
+    marker = _freeze_marker(cfg, host)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(token)
     subprocess.Popen([cfg.python, "-m", "lab.ctl", "--config", str(cfg.config_path),
-                      "thaw-importers", "dw-workers", host, "--after", str(thaw_after)],
+                      "thaw-importers", "dw-workers", host, "--after", str(thaw_after),
+                      "--token", token],
                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                      stderr=subprocess.DEVNULL, start_new_session=True)
     return signal_importers(cfg, host, signal.SIGSTOP)
 
 
-def thaw_importers(cfg: LabConfig, host: str, after: float = 0.0) -> int:
+def thaw_importers(cfg: LabConfig, host: str, after: float = 0.0, token: str | None = None) -> int:
+    """SIGCONT every content-importer of `host`; with `token` (a dead man's thaw), only if the
+    freeze that left it is still the latest and nothing thawed since."""
     if after:
         time.sleep(after)
+    marker = _freeze_marker(cfg, host)
+    if token is not None:
+        try:
+            if marker.read_text() != token:
+                return 0
+        except FileNotFoundError:
+            return 0
+    marker.unlink(missing_ok=True)
     return signal_importers(cfg, host, signal.SIGCONT)
+
+
+def _freeze_marker(cfg: LabConfig, host: str) -> Path:
+    return cfg.host_root(host) / "run" / "dwops-importers-frozen"
 
 
 # -- dfw-admin01 and va-admin01 tools, as the production notes describe them -------------------
@@ -241,9 +263,10 @@ def main(argv: list[str] | None = None) -> int:
         if a.action in ("freeze-importers", "thaw-importers"):
             _name, host, *more = rest  # `etc/init.d/dw-workers freeze-importers` on a jobs host
             after = float(more[more.index("--after") + 1]) if "--after" in more else None
+            token = more[more.index("--token") + 1] if "--token" in more else None
             if a.action == "freeze-importers":
                 return freeze_importers(cfg, host, after or THAW_AFTER_SECONDS)
-            return thaw_importers(cfg, host, after or 0.0)
+            return thaw_importers(cfg, host, after or 0.0, token)
         if a.action == "restart-jobs":
             return restart_jobs(cfg)
         if a.action == "restart-memcache":

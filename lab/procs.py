@@ -174,3 +174,20 @@ def processes_under(path: str) -> list[int]:
         if path in cmdline or cwd.startswith(path):
             found.append(int(entry))
     return found
+
+
+def processes_with_env(name: str, value: str) -> list[int]:
+    """Pids of every process (but this one) whose environment has `name=value` (a platform's
+    processes carry its DWOPS_PREFECT_HOME)."""
+    mark = f"{name}={value}".encode()
+    found = []
+    me = os.getpid()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != me:
+            try:
+                with open(f"/proc/{entry}/environ", "rb") as f:
+                    if mark in f.read().split(b"\0"):
+                        found.append(int(entry))
+            except OSError:
+                pass
+    return found
