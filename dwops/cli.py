@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import typer
@@ -258,6 +259,9 @@ def run(
     use_project_prefect()
     import asyncio
 
+    from dwops.inventory import PATHS_ALLOWED
+
+    os.environ[PATHS_ALLOWED] = "allow"  # the operator's own machine: inventory files by path
     flow, model, values = _params_for(name, param, inventory, approve=approve)
     params = model(**values)
     state = asyncio.run(flow(params, return_state=True))
@@ -329,6 +333,10 @@ def trigger(
 
     use_project_prefect()
     _, _, values = _params_for(name, param, inventory)
+    if "/" in str(values.get("inventory", "")):
+        err.print("[red]a triggered run runs on a worker and names its inventory (lab or "
+                  "production), not a file: `dwops run` takes paths[/]")
+        raise typer.Exit(2)
     import asyncio
 
     from prefect.client.orchestration import get_client

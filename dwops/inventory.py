@@ -10,6 +10,7 @@ shell, and every value filled into a template is validated and `shlex.quote`d fi
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import string
@@ -299,8 +300,16 @@ def _describe(err: dict) -> list[tuple[str, str]]:
     return [(entry, msg)]
 
 
+# Set by `dwops run` (an operator running a flow on their own machine): inventory paths allowed.
+PATHS_ALLOWED = "DWOPS_INVENTORY_PATHS"
+
+
 def resolve_inventory(name_or_path: str) -> Inventory:
-    """`lab` (the running lab's inventory), `production`, or a path to a TOML file."""
+    """`lab` (the running lab's inventory), `production`, or a path to a TOML file.
+
+    A path is taken only from `dwops run` on the operator's own machine, or when it is the
+    worker's own `DWOPS_INVENTORY`: a run triggered through the API must not make a worker read
+    whatever file its caller names."""
     if name_or_path == "lab":
         from lab.config import state_dir
 
@@ -310,4 +319,8 @@ def resolve_inventory(name_or_path: str) -> Inventory:
         return load_inventory(path)
     if name_or_path == "production":
         return load_inventory(INVENTORY_DIR / "production.toml")
+    if os.environ.get(PATHS_ALLOWED) != "allow" and name_or_path != os.environ.get("DWOPS_INVENTORY"):
+        raise InventoryError(name_or_path, [("", "not an inventory name (lab or production); a "
+                                                 "path is taken only by `dwops run` on your own "
+                                                 "machine or as the worker's DWOPS_INVENTORY")])
     return load_inventory(name_or_path)

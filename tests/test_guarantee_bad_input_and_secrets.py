@@ -341,6 +341,29 @@ def test_a_bad_inventory_file_names_every_problem(lab: LabConfig, tmp_path: Path
             load_inventory(p)
 
 
+def test_a_run_outside_dwops_run_takes_inventory_names_not_paths(lab: LabConfig, monkeypatch,
+                                                                 tmp_path: Path):
+    """A run a worker executes (triggered through the API) must not read whatever file its caller
+    names: only `lab`, `production` or the worker's own DWOPS_INVENTORY; `dwops run` on the
+    operator's machine takes paths (the bad-inventory tests above go through it)."""
+    from dwops.inventory import PATHS_ALLOWED, resolve_inventory
+
+    lab_file = str(lab.lab_dir / "inventory.toml")
+    monkeypatch.delenv(PATHS_ALLOWED, raising=False)
+    monkeypatch.setenv("DWOPS_INVENTORY", "lab")
+    for path in ("/etc/shadow", lab_file, str(tmp_path)):
+        with pytest.raises(InventoryError) as e:
+            resolve_inventory(path)
+        assert str(e.value) == (f"bad inventory\n  {path}: (top level): not an inventory name (lab "
+                                "or production); a path is taken only by `dwops run` on your own "
+                                "machine or as the worker's DWOPS_INVENTORY")
+    assert resolve_inventory("lab").name == "lab"
+    monkeypatch.setenv("DWOPS_INVENTORY", lab_file)  # the worker's own file, set by its operator
+    assert resolve_inventory(lab_file).name == "lab"
+    monkeypatch.setenv(PATHS_ALLOWED, "allow")  # what `dwops run` sets
+    assert resolve_inventory(lab_file).name == "lab"
+
+
 def test_a_command_the_inventory_does_not_allow_is_refused_before_connecting(
         lab: LabConfig, lab_inventory: Inventory):
     """The gap left by test_only_inventory_commands_run: the refusal comes before any

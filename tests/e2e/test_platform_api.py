@@ -135,6 +135,18 @@ def test_dwops_trigger_waits_for_the_outcome_and_history_lists_it(platform, lab)
 
     out = platform.dwops("trigger", "restart-webs", "-p", "delay=-1")
     assert out.returncode == 2 and "delay" in out.stderr
+    out = platform.dwops("trigger", "ensure-gearman", "-i", "/etc/passwd")
+    assert out.returncode == 2 and "not a file" in out.stderr, out.stderr
+
+
+def test_a_run_through_the_api_cannot_make_the_worker_read_a_file(platform):
+    """An inventory path passes the schema (`dwops run` takes paths) but the worker refuses it
+    before reading anything: a caller of the API must not choose files on the worker."""
+    status, run = platform.create_run("fleet-status", {"inventory": "/etc/passwd"})
+    assert status == 201, run
+    final = platform.wait_for(run["id"], FINAL)
+    assert final["state_type"] == "FAILED", final["state"]
+    assert "not an inventory name" in final["state"]["message"], final["state"]
 
     out = platform.dwops("history", "ensure-gearman")
     assert out.returncode == 0, out.stderr
