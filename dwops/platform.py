@@ -3,7 +3,7 @@
 `dwops up` brings up, in the project's state folder (`.state/prefect`, PREFECT_HOME):
 - a Prefect server on 127.0.0.1:4200 with basic auth on (a generated credential, stored 0600 in
   the state folder, shown once), its SQLite database under the state folder;
-- the `dwops` process work pool and one worker polling it every second;
+- the `dwops` process work pool and one worker polling it every half second;
 - the global concurrency limit `dwops-maintenance` (one restart of webs, memcached or workers at a
   time, across every worker);
 - every deployment of prefect.yaml, pointed at the lab's inventory.
@@ -178,7 +178,7 @@ def start_worker(say: Say, inventory: str = "lab") -> None:
     cancel_missed_runs(say)
     say(f"starting a worker for the {POOL} pool")
     env = client_env()
-    env.update(PREFECT_WORKER_QUERY_SECONDS="1", PREFECT_WORKER_PREFETCH_SECONDS="5",
+    env.update(PREFECT_WORKER_QUERY_SECONDS="0.5", PREFECT_WORKER_PREFETCH_SECONDS="5",
                PREFECT_FLOWS_HEARTBEAT_FREQUENCY="30",  # deployments/automations.py: zombies
                DWOPS_PROJECT_DIR=str(PROJECT_DIR), DWOPS_INVENTORY=inventory)
     procs.start([prefect_bin(), "worker", "start", "--pool", POOL, "--type", "process",
