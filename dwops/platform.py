@@ -15,12 +15,14 @@ a second, private platform that way).
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from base64 import b64encode
 from collections.abc import Callable
@@ -100,6 +102,26 @@ def healthy(timeout: float = 2.0) -> bool:
             return r.status == 200
     except OSError:
         return False
+
+
+def rest(method: str, url: str, body: object = None, credential: str | None = None,
+         timeout: float = 30) -> tuple[int, object]:
+    """One REST call as other systems make it (basic auth with `credential`): the HTTP status
+    and the decoded JSON answer (its text if it is not JSON)."""
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method,
+                                 headers={"Content-Type": "application/json"})
+    if credential is not None:
+        req.add_header("Authorization", "Basic " + b64encode(credential.encode()).decode())
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            status, raw = r.status, r.read()
+    except urllib.error.HTTPError as e:
+        status, raw = e.code, e.read()
+    try:
+        return status, json.loads(raw) if raw else None
+    except ValueError:
+        return status, raw.decode(errors="replace")
 
 
 def prefect_bin() -> str:

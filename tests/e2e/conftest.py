@@ -13,16 +13,12 @@ Tests here talk to it as other systems do: REST over HTTP with basic auth, and t
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
-from base64 import b64encode
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -69,21 +65,10 @@ class Platform:
 
     def _call(self, method: str, path: str, body: object, credential: str | None,
               timeout: float) -> tuple[int, object]:
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(f"{self.api_url}{path}", data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
+        from dwops.platform import rest
+
         cred = self.credential if credential == "default" else credential
-        if cred is not None:
-            req.add_header("Authorization", "Basic " + b64encode(cred.encode()).decode())
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as r:
-                status, raw = r.status, r.read()
-        except urllib.error.HTTPError as e:
-            status, raw = e.code, e.read()
-        try:
-            return status, json.loads(raw) if raw else None
-        except ValueError:
-            return status, raw.decode(errors="replace")
+        return rest(method, f"{self.api_url}{path}", body, cred, timeout)
 
     def ok(self, method: str, path: str, body: object = None) -> object:
         status, answer = self.api(method, path, body)
@@ -209,13 +194,6 @@ def platform(lab, tmp_path_factory: pytest.TempPathFactory):
 
 def _processes_of(home: Path) -> list[int]:
     """Processes whose environment points at this platform's state folder."""
-    mark = f"DWOPS_PREFECT_HOME={home}".encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            try:
-                if mark in (entry / "environ").read_bytes().split(b"\0"):
-                    found.append(int(entry.name))
-            except OSError:
-                pass
-    return found
+    from lab.procs import processes_with_env
+
+    return processes_with_env("DWOPS_PREFECT_HOME", str(home))
