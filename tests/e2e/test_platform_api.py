@@ -138,6 +138,10 @@ def test_dwops_trigger_waits_for_the_outcome_and_history_lists_it(platform, lab)
     out = platform.dwops("trigger", "ensure-gearman", "-i", "/etc/passwd")
     assert out.returncode == 2 and "not a file" in out.stderr, out.stderr
 
+    out = platform.dwops("history", "ensure-gearman")
+    assert out.returncode == 0, out.stderr
+    assert "Completed" in out.stdout and "ensure-gearman on lab" in out.stdout
+
 
 def test_a_run_through_the_api_cannot_make_the_worker_read_a_file(platform):
     """An inventory path passes the schema (`dwops run` takes paths) but the worker refuses it
@@ -147,10 +151,6 @@ def test_a_run_through_the_api_cannot_make_the_worker_read_a_file(platform):
     final = platform.wait_for(run["id"], FINAL)
     assert final["state_type"] == "FAILED", final["state"]
     assert "not an inventory name" in final["state"]["message"], final["state"]
-
-    out = platform.dwops("history", "ensure-gearman")
-    assert out.returncode == 0, out.stderr
-    assert "Completed" in out.stdout and "ensure-gearman on lab" in out.stdout
 
 
 def test_two_concurrent_restarts_give_one_run_and_one_refusal(platform, lab):
