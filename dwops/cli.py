@@ -32,9 +32,10 @@ def status(
     from dwops.settings import use_project_prefect
 
     use_project_prefect()
-    from dwops.inventory import InventoryError
+    from dwops.inventory import PATHS_ALLOWED, InventoryError
     from flows.fleet_status import FleetCritical, FleetStatusParams, fleet_status
 
+    os.environ[PATHS_ALLOWED] = "allow"  # the operator's own machine: inventory files by path
     try:
         params = FleetStatusParams(inventory=inventory)
         import asyncio
@@ -261,7 +262,7 @@ def run(
 
     from dwops.inventory import PATHS_ALLOWED
 
-    os.environ[PATHS_ALLOWED] = "allow"  # the operator's own machine: inventory files by path
+    os.environ[PATHS_ALLOWED] = "allow"  # as in `dwops status`
     flow, model, values = _params_for(name, param, inventory, approve=approve)
     params = model(**values)
     state = asyncio.run(flow(params, return_state=True))

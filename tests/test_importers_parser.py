@@ -26,7 +26,7 @@ def test_production_notes_example_is_all_bored() -> None:
     procs = parse_importer_ps(fixture("notes-importer-status.txt"))
     assert [p.pid for p in procs] == [4084, 5663, 25034, 28323, 28528]
     assert all(p.bored for p in procs)
-    assert procs[0] == ImporterProcess(4084, "bored", None, None, "", "content-importer [bored]")
+    assert procs[0] == ImporterProcess(4084, "bored", None, None, "", "content-importer [bored]", "S")
 
 
 def test_all_bored_lab_hosts_skip_manager_and_other_workers() -> None:
