@@ -159,44 +159,16 @@ async def restart_workers(params: RestartWorkersParams = RestartWorkersParams())
         held = await _hold_importers(inventory, report, log, params, approved, grabbed)
         if held is None:
             return await finish(report, log)
-        before = held
-        lost = busy_imports(before)
-        restarted_ok = False
-        try:
-            # 7. The restart, once.
-            log.warning("restarting every jobs host's workers: %s on %s", "restart_jobs", admin)
-            started = time.monotonic()
-            try:
-                result = await restart_all_workers(inventory)
-                failure = (None if result.ok else
-                           f"restart_jobs exited {result.exit_status}: "
-                           f"{(result.stderr or result.stdout).strip()[-300:]}")
-            except SshError as e:
-                failure = f"{e} (not retried: the workers' state is read instead)"
-            if failure:
-                report.record(admin, RESTART, Outcome.FAILED, failure, started)
-                after = await read_workers(inventory)
-                for h, r in after.items():
-                    report.reading(f"{h} after the failed restart", workers_figures(r))
-                log.error("restart failed: %s", failure)
-                report.halt(f"the restart failed on {admin}: {failure}")
-                return await finish(report, log)
-            detail = (f"restart_jobs exited 0 in {result.seconds:.1f} s (the frozen idle importers "
-                      f"KILLed by each worker-manager after its 10 s grace)")
-            if lost:
-                detail += f"; approved loss of: {_names(lost)}"
-            report.record(admin, RESTART, Outcome.DONE, detail, started)
-            log.info("%s: %s", admin, detail)
 
-            # 8. Every jobs host's workers back, all new.
-            restarted = time.monotonic()
-            restarted_ok = await _verify_workers(inventory, report, log, params, before,
-                                                 restarted)
-            if not restarted_ok:
-                return await finish(report, log)
+        # 7-8. The restart, once, and every jobs host's workers back, all new.
+        restarted = False
+        try:
+            restarted = await _restart_and_verify(inventory, report, log, params, admin, held)
         finally:
-            if not restarted_ok:  # a frozen importer the restart did not replace goes on
+            if not restarted:  # a frozen importer the restart did not replace goes on
                 await _thaw(inventory, report, log, "after the restart did not complete")
+        if not restarted:
+            return await finish(report, log)
 
     # 9. TheSchwartz's ready queue drains.
     await _watch_queue(inventory, report, log, params, before_ready, db)
@@ -357,6 +329,37 @@ def _names(busy: list[BusyImport]) -> str:
 
 
 # -- the steps ------------------------------------------------------------------------------------
+
+async def _restart_and_verify(inventory: Inventory, report: Report, log: Any,
+                              params: RestartWorkersParams, admin: str,
+                              before: dict[str, WorkersReading]) -> bool:
+    """`restart_jobs` once (never retried), then every jobs host's workers back, all new. False
+    (the report halted) when the restart failed or the workers did not come back."""
+    lost = busy_imports(before)
+    log.warning("restarting every jobs host's workers: %s on %s", "restart_jobs", admin)
+    started = time.monotonic()
+    try:
+        result = await restart_all_workers(inventory)
+        failure = (None if result.ok else
+                   f"restart_jobs exited {result.exit_status}: "
+                   f"{(result.stderr or result.stdout).strip()[-300:]}")
+    except SshError as e:
+        failure = f"{e} (not retried: the workers' state is read instead)"
+    if failure:
+        report.record(admin, RESTART, Outcome.FAILED, failure, started)
+        for h, r in (await read_workers(inventory)).items():
+            report.reading(f"{h} after the failed restart", workers_figures(r))
+        log.error("restart failed: %s", failure)
+        report.halt(f"the restart failed on {admin}: {failure}")
+        return False
+    detail = (f"restart_jobs exited 0 in {result.seconds:.1f} s (the frozen idle importers "
+              f"KILLed by each worker-manager after its 10 s grace)")
+    if lost:
+        detail += f"; approved loss of: {_names(lost)}"
+    report.record(admin, RESTART, Outcome.DONE, detail, started)
+    log.info("%s: %s", admin, detail)
+    return await _verify_workers(inventory, report, log, params, before, time.monotonic())
+
 
 async def _read_or_halt(inventory: Inventory, report: Report, log: Any,
                         when: str) -> dict[str, WorkersReading] | None:

@@ -304,6 +304,36 @@ def test_an_unreachable_jobs_host_halts_before_any_change(quiet_lab: LabConfig, 
         ctl.start(quiet_lab, "sshd", "dfw-jobs02")
 
 
+def test_a_failed_restart_thaws_the_importers_it_held(quiet_lab: LabConfig, conn, dwops_run):
+    """bin/restart-jobs fails on dfw-jobs01 (the lab's `faults/restart-fails` switch: its init
+    script refuses, its workers keep running): the run halts, and the importers it froze there
+    for its last read run again (not left stopped), reported as thawed."""
+    from test_guarantee_faults import switch_off, switch_on
+
+    lab = quiet_lab
+    wait_no_imports(lab, conn)
+    first = jobs_hosts(lab)[0]
+    before = snapshot(lab)
+    switch_on(lab, first, "restart-fails")
+    try:
+        rc, report, err = dwops_run(FLOW, *QUICK)
+    finally:
+        switch_off(lab, first, "restart-fails")
+        for h in jobs_hosts(lab):  # the other host did restart: its manager respawns its workers
+            wait_for(f"{h}'s workers", lambda: ready_manager(lab, h), 60)
+    assert rc == 1, err[-2000:]
+    assert report["halted"].startswith("the restart failed on dfw-admin01: restart_jobs exited 1"), \
+        report["halted"]
+    held = [g for g in report["gates"] if g["name"] == "importers are held"]
+    assert [g["ok"] for g in held] == [True]
+    assert "importers thawed (after the restart did not complete)" in {
+        r["what"] for r in report["readings"]}
+    assert snapshot(lab)[first] == before[first]  # its workers untouched ...
+    importers = [pid for pid, t in children(manager_pid(lab, first)).items()
+                 if t.startswith("content-importer")]
+    assert importers and "T" not in {procs.proc_state(p) for p in importers}  # ... and running
+
+
 def test_busy_import_refuses_after_max_wait_and_nothing_changes(quiet_lab: LabConfig, conn,
                                                                 dwops_run):
     lab = quiet_lab
