@@ -26,7 +26,6 @@ import subprocess
 import sys
 import threading
 import time
-
 from pathlib import Path
 
 from lab import procs, services

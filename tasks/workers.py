@@ -183,19 +183,19 @@ async def restart_workers(inventory: Inventory) -> CommandResult:
 
 # -- holding the content-importers still while the restart decides --------------------------------
 
-FREEZE, THAW = "workers.freeze_importers", "workers.thaw_importers"
+FREEZE, THAW = "freeze_importers", "thaw_importers"  # commands of the `workers` service
 
 
 def freeze_commands_missing(inventory: Inventory) -> list[str]:
     """The importer freeze/thaw commands the inventory's `workers` service lacks (none: [])."""
     commands = inventory.services["workers"].commands if "workers" in inventory.services else {}
-    return [c.split(".", 1)[1] for c in (FREEZE, THAW) if c.split(".", 1)[1] not in commands]
+    return [c for c in (FREEZE, THAW) if c not in commands]
 
 
 async def _everywhere(inventory: Inventory, command: str) -> dict[str, str | None]:
     """Run `command` on every jobs host at once: host -> None when it worked, else the error."""
     async with ssh_pool(inventory) as pool:
-        results = await pool.run_everywhere(inventory.hosts_for("workers"), command)
+        results = await pool.run_everywhere(inventory.hosts_for("workers"), f"workers.{command}")
     return {h: (str(r) if isinstance(r, SshError) else None if r.ok else
                 f"{h}: exited {r.exit_status}: {(r.stderr or r.stdout).strip()[-200:]}")
             for h, r in results.items()}
