@@ -50,11 +50,8 @@ class ChangeParams(BaseModel):
 class EmergencyParams(ChangeParams):
     """Change flows with an emergency path the production notes allow."""
 
-    emergency: bool = Field(False, description="take the emergency path the notes allow "
-                                               "(it needs a human's approval)")
-    emergency_approved: bool = Field(
-        False, description="explicit approval given by the caller (the CLI's --approve); "
-                           "without it an emergency run pauses for approval in the Prefect UI")
+    emergency: bool = Field(False, description="take the emergency path the notes allow: the "
+                                               "run pauses until an operator approves it")
 
 
 @dataclass(frozen=True)
