@@ -313,7 +313,8 @@ def run(
     param: list[str] = typer.Option([], "--param", "-p", help="key=value, repeatable"),
     inventory: str = typer.Option(None, "--inventory", "-i", help="lab, production or a path"),
     approve: bool = typer.Option(False, "--approve",
-                                 help="explicitly approve an emergency path from the command line"),
+                                 help="approve, at this terminal, what needs a human's approval "
+                                      "(an emergency path, a purge of /*, a broad block)"),
     as_json: bool = typer.Option(False, "--json", help="print the run's report as JSON"),
 ) -> None:
     """Run a runbook flow here and now; exit 1 if it fails or halts, 2 on bad parameters."""
@@ -360,8 +361,8 @@ def _params_for(name: str, param: list[str], inventory: str | None, *, approve: 
     values = parse_assignments(param)
     if inventory:
         values["inventory"] = inventory
-    if approve and "emergency" not in model.model_fields:
-        err.print(f"[red]{name} has no emergency path to approve[/]")
+    if approve and not getattr(model, "NEEDS_APPROVAL_FOR", None):
+        err.print(f"[red]{name} has nothing that needs an approval[/]")
         raise typer.Exit(2)
     try:
         model(**values)

@@ -21,7 +21,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from enum import Enum
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -49,6 +49,8 @@ class ChangeParams(BaseModel):
 
 class EmergencyParams(ChangeParams):
     """Change flows with an emergency path the production notes allow."""
+
+    NEEDS_APPROVAL_FOR: ClassVar[str] = "its emergency path"
 
     emergency: bool = Field(False, description="take the emergency path the notes allow: the "
                                                "run pauses until an operator approves it")

@@ -158,6 +158,20 @@ def test_dwops_trigger_waits_for_the_outcome_and_history_lists_it(platform, lab)
     assert "Completed" in out.stdout and "ensure-gearman on lab" in out.stdout
 
 
+def test_an_operator_runs_a_flow_from_their_own_terminal_through_the_proxy(platform, lab):
+    """`dwops run` signed in as an operator: the run, its task runs, logs, artifacts, events and
+    the maintenance lock all go through the proxy, and the run records who made it."""
+    out = platform.dwops("run", "ensure-ddlockd", "--json")
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    report = json.loads(out.stdout)
+    assert report["summary"].startswith("ensure-ddlockd on lab: completed"), report["summary"]
+    row = next(r for r in json.loads(platform.dwops("history", "ensure-ddlockd", "--json").stdout)
+               if r["report"] == report["summary"])
+    assert row["created_by"] == "admin" and row["state"] == "Completed", row
+    tasks = platform.ok("POST", "/task_runs/filter", {"flow_runs": {"id": {"any_": [row["id"]]}}})
+    assert tasks and {t["state_type"] for t in tasks} == {"COMPLETED"}, tasks
+
+
 def test_a_run_through_the_api_cannot_make_the_worker_read_a_file(platform):
     """An inventory path passes the schema (`dwops run` takes paths) but the worker refuses it
     before reading anything: a caller of the API must not choose files on the worker."""
