@@ -399,6 +399,15 @@ def _relay(answer: httpx.Response) -> Response:
     return Response(answer.content, status_code=answer.status_code, headers=headers)
 
 
+async def _upstream_failed(request: Request, exc: Exception) -> Response:
+    """The Prefect server did not answer, or answered with an error while the gateway asked it
+    something: fail closed, and let clients retry what is worth retrying (503, as a busy
+    server answers)."""
+    status = exc.response.status_code if isinstance(exc, httpx.HTTPStatusError) else 502
+    return JSONResponse({"detail": f"the Prefect server did not answer the gateway ({status})"},
+                        status_code=503 if status == 503 else 502)
+
+
 def create_app(config: Config) -> Starlette:
     gateway = Gateway(config)
     methods = ["GET", "POST", "PATCH", "PUT", "DELETE"]
@@ -406,7 +415,8 @@ def create_app(config: Config) -> Starlette:
         Route("/_authz", gateway.authz, methods=["GET"]),
         Route("/_gateway", gateway.forward, methods=methods),
         WebSocketRoute("/_ws", gateway.relay),
-    ])
+    ], exception_handlers={httpx.HTTPStatusError: _upstream_failed,
+                           httpx.TransportError: _upstream_failed})
     app.state.gateway = gateway
     app.state.started = time.time()
     return app
