@@ -107,6 +107,17 @@ class AccountStore:
                        capture_output=True, text=True)
         return gone
 
+    def verify(self, credential: str) -> Account | None:
+        """The account whose `NAME:SECRET` this is, checked against its hash by Apache's
+        htpasswd (as nginx checks it), or None."""
+        name, _, secret = credential.partition(":")
+        account = self.load().get(name)
+        if account is None or not secret or not self.htpasswd.exists():
+            return None
+        check = subprocess.run(["htpasswd", "-v", "-i", str(self.htpasswd), name], input=secret,
+                               capture_output=True, text=True)
+        return account if check.returncode == 0 else None
+
     def _write_hash(self, name: str, secret: str) -> None:
         self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         create = [] if self.htpasswd.exists() else ["-c"]

@@ -170,21 +170,24 @@ class Gateway:
     # --- streams (websockets) ------------------------------------------------------------
 
     async def relay(self, client: WebSocket) -> None:
-        """Relay one of Prefect's streams: the client's own sign-in message is answered here
-        (nginx authenticated its account), the server is signed in to with its credential."""
-        account = self.account(client)
+        """Relay one of Prefect's streams. Its clients sign in inside the stream (a first `auth`
+        message whose token is the account's `NAME:SECRET`; not every one sends basic auth on
+        the handshake), so the gateway checks that token against the account's hash itself, and
+        signs in to the server with the server's own credential."""
         uri = client.headers.get("x-original-uri", "")
         path, query = _split(uri)
-        try:
-            await self.settle(policy.decide(account, "GET", path, query), account)
-        except Refused as e:
-            await client.close(code=1008, reason=str(e)[:120])
-            return
         await client.accept(subprotocol="prefect")
         try:
             hello = json.loads(await client.receive_text())
-            if hello.get("type") != "auth":
-                await client.close(code=1008, reason="Expected 'auth' message")
+            token = hello.get("token") if hello.get("type") == "auth" else None
+            account = await asyncio.to_thread(self.store.verify, str(token or ""))
+            if account is None:
+                await client.close(code=1008, reason="Invalid token")
+                return
+            try:
+                await self.settle(policy.decide(account, "GET", path, query), account)
+            except Refused as e:
+                await client.close(code=1008, reason=str(e)[:120])
                 return
             url = "ws" + self.config.upstream[len("http"):] + _upstream_path(uri)
             async with ws_connect(url, subprotocols=["prefect"], proxy=None,
@@ -192,12 +195,12 @@ class Gateway:
                 await server.send(json.dumps({"type": "auth", "token": self.upstream_auth}))
                 await client.send_text(str(await server.recv()))
                 await _pump(client, server)
-        except (WebSocketDisconnect, ConnectionClosed, OSError, ValueError):
+        except (WebSocketDisconnect, ConnectionClosed, OSError, ValueError, AttributeError):
             pass
         finally:
             try:
                 await client.close()
-            except RuntimeError:  # already closed
+            except (RuntimeError, WebSocketDisconnect):  # already closed, or gone
                 pass
 
     # --- requests decided on their body --------------------------------------------------

@@ -28,6 +28,10 @@ from pathlib import Path
 from dwops.policy import BODY_ROUTES, STREAM_ROUTES
 
 
+# Debian's libnginx-mod-http-headers-more-filter: clears nginx's own Basic challenge on a 401.
+HEADERS_MORE = "/usr/lib/nginx/modules/ngx_http_headers_more_filter_module.so"
+
+
 @dataclass(frozen=True)
 class ProxyLayout:
     folder: Path  # nginx's prefix: config, logs, temp files, pid
@@ -77,6 +81,7 @@ def render(layout: ProxyLayout) -> dict[Path, str]:
     credential = b64encode(layout.upstream_credential.encode()).decode()
     conf = f"""# Rendered by dwops (dwops/proxy.py); edits are overwritten by `dwops up`.
 {"user " + user + ";" if os.getuid() == 0 else ""}
+load_module {HEADERS_MORE};
 worker_processes 1;
 daemon off;
 pid {f}/nginx.pid;
@@ -125,8 +130,9 @@ http {{
         }}
 
         location /api/ {{{auth}
+            error_page 401 = @unauthorized;
             if ($dwops_gateway) {{ rewrite ^ /_gateway last; }}
-            if ($dwops_stream) {{ rewrite ^ /_ws last; }}
+            if ($dwops_stream) {{ rewrite ^ /_ws last; }}  # rewritten before access checks
             auth_request /_authz;
             auth_request_set $dwops_reason $upstream_http_x_dwops_reason;
             error_page 403 = @refused;{common}
@@ -136,7 +142,8 @@ http {{
         }}
 
         location = /_gateway {{
-            internal;{auth}{common}
+            internal;{auth}
+            error_page 401 = @unauthorized;{common}
             proxy_set_header Authorization "";
             proxy_set_header Connection "";
             proxy_set_header X-Dwops-Account $remote_user;
@@ -144,10 +151,10 @@ http {{
             proxy_pass http://gateway;
         }}
 
+        # Prefect's streams sign in inside the stream: the gateway checks that token itself.
         location = /_ws {{
-            internal;{auth}{common}
+            internal;{common}
             proxy_set_header Authorization "";
-            proxy_set_header X-Dwops-Account $remote_user;
             proxy_set_header X-Original-URI $request_uri;
             proxy_set_header Upgrade $http_upgrade;
             proxy_set_header Connection $connection_upgrade;
@@ -165,6 +172,14 @@ http {{
             proxy_set_header X-Original-URI $request_uri;
             proxy_set_header X-Original-Method $request_method;
             proxy_pass http://gateway;
+        }}
+
+        # No `WWW-Authenticate: Basic` challenge: a browser would answer it with its own
+        # sign-in dialog instead of the UI's sign-in page.
+        location @unauthorized {{
+            more_clear_headers WWW-Authenticate;
+            default_type application/json;
+            return 401 '{{"detail": "sign in with a dwops account (NAME:SECRET)"}}';
         }}
 
         location @refused {{

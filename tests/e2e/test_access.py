@@ -216,3 +216,33 @@ def test_each_role_is_answered_as_it_allows_and_a_refusal_changes_nothing(world,
         # Allowed, and refused by the server (the run is not paused): no decision recorded.
         assert answer["status"] == "ABORT", answer
         assert case.witness(world) == before
+
+
+def test_prefect_streams_are_opened_with_an_account_and_only_as_its_role_allows(world):
+    """Prefect's websockets (events in and out, the task-run subscription) sign in inside the
+    stream with the account's NAME:SECRET; the gateway checks it and signs in to the server with
+    the server's own credential."""
+    import asyncio
+    import json
+
+    from websockets.asyncio.client import connect
+
+    async def open_stream(path: str, token: str | None) -> str:
+        url = f"ws://127.0.0.1:{world.platform.port}/api{path}"
+        try:
+            async with connect(url, subprotocols=["prefect"], proxy=None) as ws:
+                await ws.send(json.dumps({"type": "auth", "token": token}))
+                return json.loads(await ws.recv())["type"]
+        except Exception as e:  # the refusal: the stream is closed with a policy violation
+            return f"closed: {getattr(getattr(e, 'rcvd', None), 'code', e)}"
+
+    expected = {  # (path, caller) -> what the stream answers
+        ("/events/in", "operator"): "auth_success", ("/events/in", "worker"): "auth_success",
+        ("/events/out", "operator"): "auth_success", ("/events/out", "worker"): "auth_success",
+        ("/task_runs/subscriptions/scheduled", "worker"): "auth_success",
+    }
+    for path in ("/events/in", "/events/out", "/task_runs/subscriptions/scheduled"):
+        for caller in CALLERS:
+            got = asyncio.run(open_stream(path, world.credentials[caller]))
+            assert got == expected.get((path, caller), "closed: 1008"), (path, caller, got)
+
