@@ -232,14 +232,17 @@ class Gateway:
         return _relay(await self.client.request(method, path, json=body))
 
     async def _create_deployment_run(self, account: Account, path: str, body: dict) -> Response:
-        if account.role is not Role.WORKER:
-            _only_form_fields(body)
+        deployment_id = path.split("/")[2]
         if account.role is Role.INTEGRATION:
-            deployment_id = path.split("/")[2]
             name = await self._deployment_name(deployment_id)
             if name not in account.deployments:
                 raise Refused(f"{account.name} may run the deployments "
                               f"{', '.join(account.deployments)} only")
+        if account.role is not Role.WORKER:
+            deployment = await self._get(f"/deployments/{deployment_id}")
+            if deployment is None:
+                return JSONResponse({"detail": "Deployment not found"}, status_code=404)
+            _only_form_fields(body, deployment)
         body["tags"] = _created_by(body.get("tags"), account)
         return await self._send("POST", path, body)
 
@@ -338,12 +341,21 @@ async def _pump(client: WebSocket, server) -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def _only_form_fields(body: dict) -> None:
+def _only_form_fields(body: dict, deployment: dict) -> None:
+    """What a run's creation may carry: what the deployment's form allows. The UI's Custom run
+    sends the deployment's own job variables and work queue back, and no retries: those pass."""
+    for field in ("job_variables", "work_queue_name"):
+        if body.get(field) == deployment.get(field):
+            body.pop(field)
+    policy_values = (body.get("empirical_policy") or {}).values()
+    if not any(v not in (None, 0, False, [], {}, "") for v in policy_values):
+        body.pop("empirical_policy", None)  # no retries: a runbook flow is never blindly re-run
     _empty(body, *(set(body) - CREATE_FIELDS - {"enforce_parameter_schema"}))
     if body.get("enforce_parameter_schema") is False:
         raise Refused("a run cannot switch off its deployment's parameter schema")
     state = body.get("state")
-    if state is not None and (not isinstance(state, dict) or state.get("type") != "SCHEDULED"):
+    if state is not None and (not isinstance(state, dict) or
+                              state.get("type", "SCHEDULED") != "SCHEDULED"):
         raise Refused("a run is created SCHEDULED (now, or at a time), in no other state")
 
 
@@ -352,7 +364,8 @@ def _empty(body: dict, *fields: str) -> None:
     given = sorted(f for f in fields if body.get(f) not in (None, {}, [], ""))
     if given:
         raise Refused(f"a caller may not set {', '.join(given)} (the worker's command, "
-                      f"environment and queue are the deployment's)")
+                      f"environment and queue are the deployment's, and a runbook flow is "
+                      f"not retried)")
     for f in fields:
         body.pop(f, None)
 
