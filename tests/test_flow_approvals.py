@@ -32,7 +32,6 @@ async def answer_when_paused(api: str, proc: subprocess.Popen, flow: str, approv
     from prefect.client.schemas.filters import (FlowFilter, FlowFilterName, FlowRunFilter,
                                                 FlowRunFilterState, FlowRunFilterStateType)
     from prefect.client.schemas.objects import StateType
-    from prefect.flow_runs import resume_flow_run
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     with temporary_settings(updates={PREFECT_API_URL: api}):
@@ -50,7 +49,8 @@ async def answer_when_paused(api: str, proc: subprocess.Popen, flow: str, approv
                 await asyncio.sleep(0.5)
             deadline = time.monotonic() + 15
             while True:  # the form's schema is saved just after the pause
-                result = await resume_flow_run(paused[0].id, run_input={"approve": approve})
+                result = await client.resume_flow_run(paused[0].id,
+                                                      run_input={"approve": approve})
                 if result.status.value == "ACCEPT" or time.monotonic() > deadline:
                     return paused[0]
                 await asyncio.sleep(0.5)
