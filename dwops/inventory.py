@@ -4,7 +4,8 @@ One schema serves production (`inventory/production.toml`) and the lab (written 
 up`): code never hard-codes a hostname, port or command. `load_inventory` turns every problem in
 a file into one `InventoryError` naming the file, the entry and what is wrong.
 
-Commands are templates: `bin/restart-webs {delay}`. Only commands named here ever reach a remote
+Commands are templates: `bin/restart-webs {delay}`, each placeholder a bare `{name}` standing as
+its own shell word (`template_problems`). Only commands named here ever reach a remote
 shell, and every value filled into a template is validated and `shlex.quote`d first.
 """
 
@@ -240,13 +241,59 @@ def _template_problems(entry: str, name: str, template: str) -> list[tuple[str, 
     problems = []
     if not re.match(COMMAND_NAME, name):
         problems.append((entry, "command names are lower_snake_case"))
-    try:
-        fields = _placeholders(template)
-    except ValueError as e:
-        return [(entry, f"bad template {template!r}: {e}")]
-    for f in fields:
-        if not re.match(r"^[a-z_][a-z0-9_]*$", f):
-            problems.append((entry, f"placeholder {{{f}}} must be a plain name"))
+    return problems + [(entry, p) for p in template_problems(template)]
+
+
+PLACEHOLDER_NAME = re.compile(r"[a-z_][a-z0-9_]*")
+WORD_BREAKS = ("", " ", "\t", "\n")  # what may stand right before and after a placeholder
+
+
+def template_problems(template: str) -> list[str]:
+    """What makes a command template unsafe or unusable (an empty list when it is fine).
+
+    A value is filled in `shlex.quote`d, which keeps it one word only where the shell reads the
+    quoted value as a word of its own. So the one placeholder form is a bare `{name}` standing
+    as its own shell word: outside any quotes, with white space or the template's ends on both
+    sides. Refused: `{x!r}` and `{x:>5}` (str.format would change the quoted text), `{x[0]}`,
+    `{x.y}`, `{0}`, `{}`; `"{x}"`, `'{x}'` and `"a {x} b"` (inside quotes the quoting is literal
+    text: `'{x}'` leaves the value unquoted); `--opt={x}`, `\\{x}`, `$({x})` (glued to other
+    text). `{{` and `}}` are literal braces anywhere."""
+    problems: list[str] = []
+    quote = ""  # the quote the shell is inside at this point: "", "'" or '"'
+    i = 0
+    while i < len(template):
+        c = template[i]
+        if template.startswith(("{{", "}}"), i):
+            i += 2
+            continue
+        if c == "{":
+            end = template.find("}", i)
+            if end < 0:
+                return problems + [f"bad template {template!r}: unmatched '{{' (write '{{{{' "
+                                   f"for a literal brace)"]
+            shown = template[i:end + 1]
+            if not PLACEHOLDER_NAME.fullmatch(template[i + 1:end]):
+                problems.append(f"placeholder {shown} must be a plain name: a bare {{name}}, "
+                                f"with no conversion, format spec, index or attribute")
+            elif quote:
+                problems.append(f"placeholder {shown} is inside {quote} quotes: a quoted "
+                                f"placeholder would defeat the shell quoting of its value "
+                                f"(write it bare, as its own word)")
+            elif template[i - 1:i] not in WORD_BREAKS or template[end + 1:end + 2] not in WORD_BREAKS:
+                problems.append(f"placeholder {shown} must stand as its own shell word (white "
+                                f"space or the template's ends on both sides)")
+            i = end + 1
+            continue
+        if c == "}":
+            problems.append(f"bad template {template!r}: unmatched '}}' (write '}}}}' for a "
+                            f"literal brace)")
+        elif c == "\\" and quote != "'" and template[i + 1:i + 2] not in ("{", "}"):
+            i += 1  # the next character is escaped (braces are str.format's, read first)
+        elif c in "'\"" and quote in ("", c):
+            quote = "" if quote else c
+        i += 1
+    if quote:
+        problems.append(f"bad template {template!r}: unterminated {quote} quote")
     return problems
 
 

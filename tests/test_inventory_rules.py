@@ -1,0 +1,75 @@
+"""The inventory loader's rules, on production's own file with one change each (no lab needed):
+command templates, clear errors instead of crashes, the never-block list, the database's TLS CA."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from dwops.inventory import Inventory, InventoryError, load_inventory
+
+PROJECT = Path(__file__).resolve().parent.parent
+PRODUCTION = PROJECT / "inventory" / "production.toml"
+RESTART_WEBS = 'restart_webs = "bin/restart-webs {delay}"'
+
+
+def production_with(tmp_path: Path, old: str, new: str) -> Path:
+    """production.toml with `old` (found exactly once) replaced by `new`."""
+    text = PRODUCTION.read_text()
+    assert text.count(old) == 1, old
+    path = tmp_path / "inventory.toml"
+    path.write_text(text.replace(old, new))
+    return path
+
+
+def problems(path: Path) -> list[str]:
+    with pytest.raises(InventoryError) as e:
+        load_inventory(path)
+    return [line.strip() for line in str(e.value).splitlines()[1:]]
+
+
+# -- command templates ----------------------------------------------------------------------------
+
+ENTRY = "hosts.va-admin01.commands.restart_webs"
+
+
+@pytest.mark.parametrize("template, why", [
+    ("bin/restart-webs {delay!r}", "placeholder {delay!r} must be a plain name"),
+    ("bin/restart-webs {delay!s}", "placeholder {delay!s} must be a plain name"),
+    ("bin/restart-webs {delay:>5}", "placeholder {delay:>5} must be a plain name"),
+    ("bin/restart-webs {delay[0]}", "placeholder {delay[0]} must be a plain name"),
+    ("bin/restart-webs {delay.real}", "placeholder {delay.real} must be a plain name"),
+    ("bin/restart-webs {0}", "placeholder {0} must be a plain name"),
+    ("bin/restart-webs {}", "placeholder {} must be a plain name"),
+    ('bin/restart-webs \\"{delay}\\"', "placeholder {delay} is inside \" quotes"),
+    ("bin/restart-webs '{delay}'", "placeholder {delay} is inside ' quotes"),
+    ('echo \\"waiting {delay} s\\"', "placeholder {delay} is inside \" quotes"),
+    ("bin/restart-webs --delay={delay}", "placeholder {delay} must stand as its own shell word"),
+    ("bin/restart-webs $({delay})", "placeholder {delay} must stand as its own shell word"),
+    ("bin/restart-webs \\\\{delay}", "placeholder {delay} must stand as its own shell word"),
+    ("bin/restart-webs {delay}{delay}", "placeholder {delay} must stand as its own shell word"),
+    ("bin/restart-webs {delay", "unmatched '{'"),
+    ("bin/restart-webs delay}", "unmatched '}'"),
+    ("bin/restart-webs '{delay} ", "unterminated ' quote"),
+])
+def test_a_template_with_anything_but_bare_placeholders_is_refused_at_load(
+        tmp_path: Path, template: str, why: str) -> None:
+    found = problems(production_with(tmp_path, RESTART_WEBS, f'restart_webs = "{template}"'))
+    assert any(line.startswith(f"{tmp_path / 'inventory.toml'}: {ENTRY}: ") and why in line
+               for line in found), found
+
+
+@pytest.mark.parametrize("template, values, command", [
+    ("bin/restart-webs {delay}", {"delay": "5; reboot"}, "bin/restart-webs '5; reboot'"),
+    ("bin/restart-webs {delay} --then {delay}", {"delay": 0},
+     "bin/restart-webs 0 --then 0"),
+    ("awk '{{print $1}}' {delay}", {"delay": "$(id)"}, "awk '{print $1}' '$(id)'"),
+    ('echo \\"it\'s\\" {delay}', {"delay": "x'y"}, "echo \"it's\" 'x'\"'\"'y'"),
+])
+def test_bare_placeholders_and_literal_braces_load_and_fill_quoted(
+        tmp_path: Path, template: str, values: dict, command: str) -> None:
+    inventory = load_inventory(production_with(tmp_path, RESTART_WEBS,
+                                               f'restart_webs = "{template}"'))
+    assert inventory.command("va-admin01", "restart_webs", **values) == command
