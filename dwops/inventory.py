@@ -319,10 +319,17 @@ def load_inventory(path: str | Path) -> Inventory:
         raise InventoryError(path, [("", "not UTF-8 text")]) from None
     except tomllib.TOMLDecodeError as e:
         raise InventoryError(path, [("", f"not valid TOML: {e}")]) from None
+    except RecursionError:  # tomllib parses nested arrays and tables recursively
+        raise InventoryError(path, [("", TOO_DEEP)]) from None
     try:
         return Inventory.model_validate(data)
     except ValidationError as e:
         raise InventoryError(path, [p for err in e.errors() for p in _describe(err)]) from None
+    except RecursionError:
+        raise InventoryError(path, [("", TOO_DEEP)]) from None
+
+
+TOO_DEEP = "arrays or tables nested too deeply to read (an inventory needs a few levels)"
 
 
 MAX_INVENTORY_BYTES = 1_000_000

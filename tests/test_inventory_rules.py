@@ -73,3 +73,18 @@ def test_bare_placeholders_and_literal_braces_load_and_fill_quoted(
     inventory = load_inventory(production_with(tmp_path, RESTART_WEBS,
                                                f'restart_webs = "{template}"'))
     assert inventory.command("va-admin01", "restart_webs", **values) == command
+
+
+# -- clear errors, never a crash ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("nested", [
+    "x = " + "[" * 50_000 + "]" * 50_000,  # arrays
+    "x = " + "{a = " * 20_000 + "1" + "}" * 20_000,  # inline tables
+])
+def test_deeply_nested_values_are_a_loader_error_not_a_crash(tmp_path: Path, nested: str) -> None:
+    path = tmp_path / "deep.toml"
+    path.write_text(nested + "\n" + PRODUCTION.read_text())
+    assert path.stat().st_size < 1_000_000  # under the size limit: the nesting is the problem
+    assert problems(path) == [f"{path}: (top level): arrays or tables nested too deeply to read "
+                              f"(an inventory needs a few levels)"]
