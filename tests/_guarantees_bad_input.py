@@ -254,6 +254,12 @@ def _unknown_fields(flow: str, model: type[BaseModel]) -> list[BadSet]:
 def _cross_field(flow: str) -> list[BadSet]:
     """The rules across fields each model enforces (its model validators)."""
     rules: dict[str, list[tuple[dict[str, Any], str, tuple[str, ...]]]] = {
+        "fleet-status": [
+            ({"thresholds": {"schwartz_ready_warn": 400}}, "ready jobs warn above crit",
+             ("schwartz_ready_warn", "schwartz_ready_crit")),
+            ({"thresholds": {"ses_bounce_warn": 0.5, "ses_bounce_crit": 0.2}},
+             "bounce rate warn above crit", ("ses_bounce_warn", "ses_bounce_crit")),
+        ],
         "restart-webs": [
             ({"emergency": True, "delay": 5}, "emergency with a delay", ("emergency", "delay")),
             ({"min_drain_seconds": 40, "drain_seconds": 30}, "min drain over drain",
