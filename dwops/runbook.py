@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from enum import Enum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 SAFE_TEXT = r"^[A-Za-z0-9 _.,:;()/#@+=-]*$"
 
@@ -36,13 +36,14 @@ def default_inventory() -> str:
 
 class ChangeParams(BaseModel):
     """Parameters every change flow takes. Unknown keys are refused: a misspelt parameter must
-    never silently fall back to its default."""
+    never silently fall back to its default. Safety flags (`dry_run`, `emergency`, `restart`,
+    `allow_broad`, ...) are StrictBool: only JSON true/false, never "yes", "true" or 1."""
 
     model_config = ConfigDict(extra="forbid")
 
     inventory: str = Field(default_factory=default_inventory, min_length=1, max_length=500, pattern=r"^[A-Za-z0-9_./~-]+$",
                            description="`lab`, `production`, or the path of an inventory file")
-    dry_run: bool = Field(False, description="compute and publish the plan, change nothing")
+    dry_run: StrictBool = Field(False, description="compute and publish the plan, change nothing")
     reason: str = Field("", max_length=200, pattern=SAFE_TEXT,
                         description="why this runs (shown in the report)")
 
@@ -50,8 +51,8 @@ class ChangeParams(BaseModel):
 class EmergencyParams(ChangeParams):
     """Change flows with an emergency path the production notes allow."""
 
-    emergency: bool = Field(False, description="take the emergency path the notes allow "
-                                               "(it needs a human's approval)")
+    emergency: StrictBool = Field(False, description="take the emergency path the notes allow "
+                                                     "(it needs a human's approval)")
     emergency_approved: bool = Field(
         False, description="explicit approval given by the caller (the CLI's --approve); "
                            "without it an emergency run pauses for approval in the Prefect UI")

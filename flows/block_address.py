@@ -38,7 +38,7 @@ from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
 
 from prefect import flow, get_run_logger
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, StrictBool, ValidationError, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from dwops.inventory import Inventory, resolve_inventory
@@ -132,7 +132,7 @@ class BlockAddressParams(ChangeParams):
         default_factory=list, max_length=50,
         description="1 to 50 addresses or CIDRs for block/unblock (normalised to CIDR form); "
                     "none for expire")
-    allow_broad: bool = Field(False, description="allow blocking a prefix broader than /16 "
+    allow_broad: StrictBool = Field(False, description="allow blocking a prefix broader than /16 "
                                                  "(IPv4) or /48 (IPv6)")
     expires_in_hours: int | None = Field(
         None, ge=1, le=8760, description="block only: remove the addresses again after this "

@@ -27,7 +27,7 @@ import time
 from typing import Any
 
 from prefect import flow, get_run_logger
-from pydantic import Field, model_validator
+from pydantic import Field, StrictBool, model_validator
 
 from dwops.errors import Unavailable
 from dwops.inventory import resolve_inventory
@@ -45,10 +45,12 @@ Reading = GearmanReading | Exception  # a reading, or why there is none
 
 class EnsureGearmanParams(ChangeParams):
     hosts: list[HostName] = HOST_LIST
-    restart: bool = Field(False, description="also restart job servers that are running (each "
-                                             "loses the background jobs it holds in memory)")
-    accept_lost_jobs: bool = Field(False, description="with restart: go ahead even when servers "
-                                                      "hold queued jobs (the run names them)")
+    restart: StrictBool = Field(False, description="also restart job servers that are running "
+                                                   "(each loses the background jobs it holds in "
+                                                   "memory)")
+    accept_lost_jobs: StrictBool = Field(False, description="with restart: go ahead even when "
+                                                            "servers hold queued jobs (the run "
+                                                            "names them)")
     verify_seconds: float = Field(10, ge=1, le=120,
                                   description="how long a started server has to answer "
                                               "`version` and `status` (and, after a restart, "

@@ -38,3 +38,56 @@ def test_the_cli_refuses_crossed_thresholds_before_any_run() -> None:
     assert result.exit_code == 2, result.output
     assert "bad parameters for fleet-status:" in result.stderr
     assert "aurora_cpu_warn (95) is above aurora_cpu_crit (90)" in " ".join(result.stderr.split())
+
+
+# -- safety flags: strict booleans ----------------------------------------------------------------
+
+LOOSE = ["yes", "no", "true", "false", "on", "1", 1, 0, 1.0, "True"]
+
+
+def _flags() -> list[tuple[str, str]]:
+    """(flow, field) of every boolean parameter of every flow. `emergency_approved` is left out:
+    it is being removed from the parameters (an approval is a human's, never a parameter)."""
+    from flows import FLOWS, load_flow
+
+    return [(name, field) for name in FLOWS
+            for field, info in load_flow(name)[1].model_fields.items()
+            if info.annotation is bool and field != "emergency_approved"]
+
+
+def test_the_safety_flags_are_the_ones_expected() -> None:
+    flags = _flags()
+    assert {f for _, f in flags} == {"dry_run", "emergency", "restart", "accept_lost_jobs",
+                                     "allow_broad"}
+    assert len(flags) == 12  # dry_run in the seven change flows, emergency in two, three others
+
+
+@pytest.mark.parametrize("flow, field", _flags())
+def test_a_safety_flag_takes_only_true_or_false(flow: str, field: str) -> None:
+    from flows import load_flow
+
+    model = load_flow(flow)[1]
+    base = {"block-address": {"action": "unblock", "addresses": ["203.0.113.7"]},
+            "purge-cdn": {"paths": ["/stats/site"]}}.get(flow, {})
+    needs = {"accept_lost_jobs": {"restart": True},  # what the flag needs beside it when true
+             "emergency": {"delay": 0} if flow == "restart-webs" else {}}.get(field, {})
+    for value in LOOSE:
+        with pytest.raises(ValidationError) as e:
+            model.model_validate({**base, **needs, field: value})
+        assert [(err["loc"], err["type"]) for err in e.value.errors()] == [
+            ((field,), "bool_type")], (value, e.value.errors())
+    assert getattr(model.model_validate({**base, **needs, field: True}), field) is True
+    assert getattr(model.model_validate({**base, field: False}), field) is False
+
+
+def test_the_cli_turns_true_into_a_json_boolean_and_refuses_yes() -> None:
+    from dwops.cli import parse_assignments
+
+    assert parse_assignments(["dry_run=true", "restart=false"]) == {"dry_run": True,
+                                                                     "restart": False}
+    assert parse_assignments(['dry_run="true"']) == {"dry_run": "true"}
+    for loose in ("yes", "1", '"true"'):
+        result = CliRunner().invoke(app, ["run", "ensure-gearman", "-p", f"restart={loose}",
+                                          "-p", "dry_run=true"])
+        assert result.exit_code == 2, result.output
+        assert "restart: Input should be a valid boolean" in result.stderr, result.stderr
