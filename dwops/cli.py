@@ -32,17 +32,20 @@ def status(
     from dwops.settings import use_project_prefect
 
     use_project_prefect()
-    from dwops.inventory import PATHS_ALLOWED, InventoryError
+    from pydantic import ValidationError
+
+    from dwops.inventory import PATHS_ALLOWED, InventoryError, resolve_inventory
     from flows.fleet_status import FleetCritical, FleetStatusParams, fleet_status
 
     os.environ[PATHS_ALLOWED] = "allow"  # the operator's own machine: inventory files by path
     try:
         params = FleetStatusParams(inventory=inventory)
+        resolve_inventory(params.inventory)  # a bad inventory exits 2 before any run exists
         import asyncio
 
         state = asyncio.run(fleet_status(params, return_state=True))
         outcome = state.result(raise_on_failure=False)
-    except InventoryError as e:
+    except (InventoryError, ValidationError) as e:
         err.print(f"[red]{escape(str(e))}[/]")
         raise typer.Exit(2) from None
     if isinstance(outcome, FleetCritical):
@@ -263,7 +266,8 @@ def run(
     from dwops.inventory import PATHS_ALLOWED
 
     os.environ[PATHS_ALLOWED] = "allow"  # as in `dwops status`
-    flow, model, values = _params_for(name, param, inventory, approve=approve)
+    flow, model, values = _params_for(name, param, inventory, approve=approve,
+                                      against_inventory=True)
     params = model(**values)
     state = asyncio.run(flow(params, return_state=True))
     outcome = state.result(raise_on_failure=False)
@@ -279,9 +283,12 @@ def run(
     raise typer.Exit(1)
 
 
-def _params_for(name: str, param: list[str], inventory: str | None, *, approve: bool = False):
+def _params_for(name: str, param: list[str], inventory: str | None, *, approve: bool = False,
+                against_inventory: bool = False):
     """(flow, its parameters model, the values) with the values validated against the model
-    here, before any run exists: bad input exits 2 and touches nothing."""
+    here, before any run exists: bad input exits 2 and touches nothing. `against_inventory`
+    (a run here and now) also loads the inventory and checks the values against it: an
+    inventory that is none, or a host it does not have, exits 2 as well."""
     from pydantic import ValidationError
 
     from flows import load_flow
@@ -300,7 +307,7 @@ def _params_for(name: str, param: list[str], inventory: str | None, *, approve: 
             raise typer.Exit(2)
         values["emergency_approved"] = True
     try:
-        model(**values)
+        params = model(**values)
     except ValidationError as e:
         err.print(f"[red]bad parameters for {name}:[/]")
         for problem in e.errors():
@@ -310,7 +317,31 @@ def _params_for(name: str, param: list[str], inventory: str | None, *, approve: 
                 f" (got {_shown(got)})"
             err.print(f"  {escape(where)}: {escape(problem['msg'] + shown)}", soft_wrap=True)
         raise typer.Exit(2) from None
+    if against_inventory:
+        _check_against_inventory(name, params)
     return flow, model, values
+
+
+def _check_against_inventory(name: str, params) -> None:
+    """Exit 2 when the parameters' inventory cannot be loaded, or lacks or forbids what they
+    name (the model's `check_inventory`, which the flow runs again at its start)."""
+    from dwops.inventory import InventoryError, resolve_inventory
+    from dwops.runbook import BadParameters
+
+    try:
+        inventory = resolve_inventory(params.inventory)
+        check = getattr(params, "check_inventory", None)
+        if check is not None:
+            check(inventory)
+    except InventoryError as e:  # one line per problem: `  inventory: FILE: entry: problem`
+        err.print(f"[red]bad parameters for {name}:[/]")
+        for line in str(e).splitlines()[1:]:
+            err.print(f"  inventory: {escape(line.strip())}", soft_wrap=True)
+        raise typer.Exit(2) from None
+    except BadParameters as e:
+        err.print(f"[red]bad parameters for {name}:[/]\n  {escape(e.field or '(parameters)')}: "
+                  f"{escape(str(e))}", soft_wrap=True)
+        raise typer.Exit(2) from None
 
 
 def _shown(value: object, limit: int = 60) -> str:

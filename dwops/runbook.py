@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from enum import Enum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool
 
 SAFE_TEXT = r"^[A-Za-z0-9 _.,:;()/#@+=-]*$"
 
@@ -46,6 +46,11 @@ class ChangeParams(BaseModel):
     dry_run: StrictBool = Field(False, description="compute and publish the plan, change nothing")
     reason: str = Field("", max_length=200, pattern=SAFE_TEXT,
                         description="why this runs (shown in the report)")
+
+    def check_inventory(self, inventory: Any) -> None:
+        """Raise BadParameters for what `inventory` lacks or forbids (a host it does not have, an
+        address it never blocks). Pure. `dwops run` calls it before any run exists (exit 2), the
+        flow again at its start (a run created through the API). Flows override it."""
 
 
 class EmergencyParams(ChangeParams):
@@ -247,7 +252,13 @@ def _figures(figures: dict[str, Any]) -> str:
 
 
 class BadParameters(ValueError):
-    """Parameters that name what the inventory does not have: refused before any host is touched."""
+    """Parameters that name what the inventory does not have, or that it forbids: refused before
+    any run exists (`dwops run`) and again at a run's start, before any host is touched.
+    `field` names the parameter at fault ('' when it is the set as a whole)."""
+
+    def __init__(self, message: str, field: str = ""):
+        super().__init__(message)
+        self.field = field
 
 
 def hosts_of(inventory: Any, service: str, wanted: list[str] | None) -> list[str]:
@@ -258,13 +269,21 @@ def hosts_of(inventory: Any, service: str, wanted: list[str] | None) -> list[str
     unknown = [h for h in wanted if h not in hosts]
     if unknown:
         raise BadParameters(f"{', '.join(unknown)}: not a {service} host of inventory "
-                            f"{inventory.name!r} ({', '.join(hosts)})")
+                            f"{inventory.name!r} ({', '.join(hosts)})", "hosts")
     return [h for h in hosts if h in wanted]
 
 
-HOST_LIST = Field(default_factory=list, max_length=50,
+def _named_once(names: list[str]) -> list[str]:
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"{', '.join(repeated)} named more than once")
+    return names
+
+
+HOST_LIST = Field(default_factory=list, max_length=50, json_schema_extra={"uniqueItems": True},
                   description="only these hosts (default: every host of the service)")
 HostName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,62}$", description="an inventory host")]
+HostNames = Annotated[list[HostName], AfterValidator(_named_once)]  # each host at most once
 
 
 @asynccontextmanager

@@ -268,6 +268,14 @@ def _cross_field(flow: str) -> list[BadSet]:
             ({"emergency": True, "delay": 5}, "emergency with a delay", ("emergency", "delay")),
             ({"min_drain_seconds": 40, "drain_seconds": 30}, "min drain over drain",
              ("min_drain_seconds", "drain_seconds")),
+            ({"hosts": ["va-web01", "va-web02", "va-web01"]}, "a web named twice",
+             ("hosts", "va-web01 named more than once")),
+            ({"put_back": ["va-web03", "va-web03"]}, "a web put back twice",
+             ("put_back", "va-web03 named more than once")),
+        ],
+        "ensure-ddlockd": [
+            ({"hosts": ["dfw-jobs02", "dfw-jobs02"]}, "a host named twice",
+             ("hosts", "dfw-jobs02 named more than once")),
         ],
         "ensure-gearman": [
             ({"accept_lost_jobs": True}, "accept_lost_jobs without restart",
