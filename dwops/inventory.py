@@ -11,6 +11,7 @@ shell, and every value filled into a template is validated and `shlex.quote`d fi
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import shlex
@@ -19,7 +20,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 HOST_NAME = r"^[a-z][a-z0-9-]{0,62}$"
 COMMAND_NAME = r"^[a-z][a-z0-9_]{0,62}$"
@@ -144,10 +145,28 @@ class Aws(Strict):
     alb: Alb
 
 
+def _network(text: str) -> str:
+    try:
+        ipaddress.ip_network(text, strict=True)
+    except ValueError as e:
+        raise ValueError(f"{text!r} is not a network (CIDR): {e}") from None
+    return text
+
+
+NeverBlockName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,62}$")]
+Networks = Annotated[list[Annotated[str, AfterValidator(_network)]],
+                     Field(min_length=1, max_length=100, description="CIDRs")]
+
+
 class Inventory(Strict):
     name: str
     description: str = ""
     ssh: SshDefaults
+    never_block: dict[NeverBlockName, Networks] = Field(
+        default_factory=dict,
+        description="name -> networks (CIDRs) block-address never blocks, whatever its "
+                    "parameters: a block that covers or overlaps one is refused (production: "
+                    "the admin and office networks)")
     commands: dict[str, CommandTemplate] = Field(
         default_factory=dict, description="read-only commands every host allows"
     )
@@ -196,6 +215,11 @@ class Inventory(Strict):
             return self.hosts[name]
         except KeyError:
             raise KeyError(f"inventory {self.name!r} has no host {name!r}") from None
+
+    def never_block_networks(self) -> list[tuple[str, ipaddress.IPv4Network | ipaddress.IPv6Network]]:
+        """(entry, network) for every network of `never_block`, in inventory order."""
+        return [(entry, ipaddress.ip_network(cidr)) for entry, cidrs in self.never_block.items()
+                for cidr in cidrs]
 
     def hosts_with_role(self, role: str) -> list[str]:
         return [n for n, h in self.hosts.items() if role in h.roles]

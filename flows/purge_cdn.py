@@ -63,6 +63,12 @@ def check_path(path: str) -> str:
     return path
 
 
+def is_broad(path: str) -> bool:
+    """A purge of the whole distribution (`/*`): every cached object is fetched again from the
+    origin at once."""
+    return path == "/*"
+
+
 PathText = Annotated[str, Field(min_length=1, max_length=500,
                                 description="a path starting with /, `*` allowed as the last "
                                             "character, e.g. /stats/site or /static/*"),
@@ -83,6 +89,10 @@ class PurgeCdnParams(ChangeParams):
             raise ValueError(f"{len(wild)} wildcard paths: CloudFront allows {MAX_WILDCARDS} in "
                              f"progress at one time")
         return self
+
+    def is_broad(self) -> bool:
+        """Whether this run purges the whole distribution (`is_broad`)."""
+        return any(is_broad(p) for p in self.paths)
 
 
 def distribution_is_enabled(state: CloudFrontState) -> Gate:

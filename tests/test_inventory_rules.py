@@ -88,3 +88,21 @@ def test_deeply_nested_values_are_a_loader_error_not_a_crash(tmp_path: Path, nes
     assert path.stat().st_size < 1_000_000  # under the size limit: the nesting is the problem
     assert problems(path) == [f"{path}: (top level): arrays or tables nested too deeply to read "
                               f"(an inventory needs a few levels)"]
+
+
+# -- the never_block list -------------------------------------------------------------------------
+
+
+def test_never_block_entries_must_be_networks(tmp_path: Path) -> None:
+    path = production_with(tmp_path, 'office = ["198.51.100.0/24", "2001:db8:b::/48"]',
+                           'office = ["198.51.100.7/24", "office.example", "2001:db8:b::/48"]\n'
+                           'Lab = ["192.0.2.128/26"]\nempty = []')
+    found = problems(path)
+    for entry, problem in [
+            ("never_block.office.0", "'198.51.100.7/24' is not a network (CIDR): 198.51.100.7/24 "
+                                     "has host bits set"),
+            ("never_block.office.1", "'office.example' is not a network (CIDR)"),
+            ("never_block.Lab.[key]", "String should match pattern"),
+            ("never_block.empty", "List should have at least 1 item")]:
+        assert any(line.startswith(f"{path}: {entry}: ") and problem in line
+                   for line in found), (entry, problem, found)
