@@ -110,6 +110,10 @@ class Database(Strict):
     user: str
     password: SecretRef
     schwartz_db: str = "dw_schwartz"
+    ssl_ca: str | None = Field(
+        None, min_length=1,
+        description="a PEM CA bundle (RDS: AWS's global bundle): the connection then requires "
+                    "TLS and verifies the server's certificate and name against it")
     connect_timeout: float = Field(5.0, gt=0, le=60)
     read_timeout: float = Field(10.0, gt=0, le=300)
 
