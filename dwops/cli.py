@@ -1,4 +1,10 @@
-"""The `dwops` command line."""
+"""The `dwops` command line.
+
+Text that comes from hosts, services or the Prefect server (check reasons, host names, report
+summaries, run names, state messages) is printed as text, never as Rich markup: in a table as a
+`Text`, in a line through `escape`. A `ps` title holding `[/x]` must not crash the output, nor
+`[bold red]` restyle it.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 app = typer.Typer(help="Dreamwidth's production runbook as Prefect flows.", no_args_is_help=True)
 lab_app = typer.Typer(help="The lab: the production fleet replicated on this machine.",
@@ -58,13 +65,14 @@ def status(
     if as_json:
         sys.stdout.write(json.dumps(report, indent=2, default=str) + "\n")
     else:
-        table = Table(title=f"fleet status: {report['inventory']}")
+        table = Table(title=Text(f"fleet status: {report['inventory']}"))
         for col in ("verdict", "system", "host", "reason"):
             table.add_column(col)
         order = {"CRIT": 0, "WARN": 1, "OK": 2}
         for c in sorted(report["checks"], key=lambda c: (order[c["verdict"]], c["system"], c["host"])):
             v = c["verdict"]
-            table.add_row(f"[{VERDICT_STYLE[v]}]{v}[/]", c["system"], c["host"], c["reason"])
+            table.add_row(Text(v, style=VERDICT_STYLE[v]), Text(c["system"]), Text(c["host"]),
+                          Text(c["reason"]))
         console.print(table)
         n = report["counts"]
         console.print(f"{report['verdict']}: {n['OK']} ok, {n['WARN']} warn, {n['CRIT']} crit "
@@ -276,7 +284,7 @@ def run(
     if as_json and not isinstance(data, BaseException):
         sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
     elif isinstance(data, dict) and "summary" in data:
-        console.print(data["summary"])
+        console.print(Text(data["summary"]))
     if state.is_completed():
         return
     err.print(f"[red]{name} {state.name.lower()}:[/] {escape(str(outcome))}", soft_wrap=True)
@@ -378,7 +386,8 @@ def trigger(
             deployment = await client.read_deployment_by_name(f"{name}/{name}")
             run = await client.create_flow_run_from_deployment(
                 deployment.id, parameters={"params": values}, idempotency_key=idempotency_key)
-            console.print(f"flow run {run.id} ({run.name}): {run.state.name if run.state else '?'}")
+            console.print(Text(f"flow run {run.id} ({run.name}): "
+                               f"{run.state.name if run.state else '?'}"))
             if not wait:
                 return 0
             while True:
@@ -387,7 +396,7 @@ def trigger(
                     break
                 await asyncio.sleep(1)
             summary = await _summary_of(client, run)
-            console.print(f"{run.state.name}: {summary or run.state.message or ''}")
+            console.print(Text(f"{run.state.name}: {summary or run.state.message or ''}"))
             return 0 if run.state.is_completed() else 1
 
     raise typer.Exit(asyncio.run(go()))
@@ -489,9 +498,9 @@ def history(
                 table.add_column(col)
             for run in runs:
                 started = run.start_time.strftime("%Y-%m-%d %H:%M:%S") if run.start_time else "-"
-                table.add_row(started, flows.get(run.flow_id, "?"), run.name,
-                              run.state.name if run.state else "-",
-                              await _summary_of(client, run) or "")
+                table.add_row(started, Text(flows.get(run.flow_id, "?")), Text(run.name),
+                              Text(run.state.name if run.state else "-"),
+                              Text(await _summary_of(client, run) or ""))
             console.print(table)
 
     asyncio.run(go())
