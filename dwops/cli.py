@@ -53,7 +53,7 @@ def status(
         state = asyncio.run(fleet_status(params, return_state=True))
         outcome = state.result(raise_on_failure=False)
     except (InventoryError, ValidationError) as e:
-        err.print(f"[red]{escape(str(e))}[/]")
+        err.print(f"[red]{escape(str(e))}[/]", soft_wrap=True)
         raise typer.Exit(2) from None
     if isinstance(outcome, FleetCritical):
         report = outcome.report.as_dict()
