@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,6 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dwops.platform import free_port
 from lab.procs import processes_with_env
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -154,10 +154,7 @@ def _stop_group(pid: int, grace: float = 10) -> None:
         pass
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+
 
 
 @contextmanager
@@ -176,7 +173,8 @@ def private_platform(say=print) -> Iterator[Private]:
         if up.returncode:
             raise RuntimeError(f"dwops up failed ({up.returncode}):\n"
                                f"{(up.stdout + up.stderr)[-3000:]}")
-        p = Private(home=home, port=port, credential=(home / "api-auth").read_text().strip(),
+        # The benchmarks set the platform up (schedules off, flows served): the worker account.
+        p = Private(home=home, port=port, credential=(home / "worker-auth").read_text().strip(),
                     env=env, up_seconds=time.monotonic() - started)
         say(f"dwops up took {p.up_seconds:.0f} s; schedules turned off: "
             f"{', '.join(p.pause_schedules()) or 'none'}")

@@ -85,33 +85,35 @@ def status(
 def up(
     inventory: str = typer.Option("lab", help="the inventory the deployments act on"),
 ) -> None:
-    """Bring up everything: the lab, a Prefect server (basic auth), the work pool, a worker and
-    every deployment; run fleet-status once; print the UI's address."""
+    """Bring up everything: the lab, the proxy and the Prefect server behind it, the work pool, a
+    worker and every deployment; run fleet-status once; print the UI's address and, the first
+    time, the first operator account."""
     from dwops import platform
     from lab import fleet
 
     say = lambda msg: err.print(f"[dim]up:[/] {msg}")  # noqa: E731
-    cred, new = platform.credential(create=True)
     try:
+        made = platform.ensure_accounts()
         fleet.up(say=say)
         platform.start_server(say)
         platform.deploy(say)
         platform.install_automations(say, inventory)
         platform.start_worker(say, inventory)
     except Exception as e:  # every step names what failed and where its log is
-        err.print(f"[red]dwops up failed:[/] {e}")
+        err.print(f"[red]dwops up failed:[/] {escape(str(e))}")
         raise typer.Exit(1) from None
     say("running fleet-status once through its deployment")
     out = platform.prefect("deployment", "run", "fleet-status/fleet-status", "--watch",
-                           "--watch-timeout", "180", check=False)
+                           "--watch-timeout", "180", check=False, env=platform.client_env())
     say("fleet-status: " + ("completed" if out.returncode == 0 else "did not complete (see the UI)"))
-    console.print(f"Prefect UI: [bold]{platform.ui_url()}[/]  (sign in with the credential)")
-    if new:
-        console.print(f"API credential, shown once, kept in {platform.credential_file()}:",
+    console.print(f"Prefect UI: [bold]{platform.ui_url()}[/]  (sign in with an operator account)")
+    if made:
+        console.print(f"The first operator account, shown once (this machine's CLI keeps it in "
+                      f"{platform.credential_file()}); more with `dwops user add`:",
                       soft_wrap=True)
-        console.print(f"[bold]{cred}[/]", soft_wrap=True)
+        console.print(made, soft_wrap=True, markup=False)
     else:
-        console.print(f"API credential: in {platform.credential_file()}", soft_wrap=True)
+        console.print(f"Operator account: in {platform.credential_file()}", soft_wrap=True)
 
 
 @app.command("down")
@@ -133,6 +135,66 @@ def down(
         return
     stopped = fleet.wipe(say) if wipe else fleet.down(say)
     err.print(f"down: stopped {len(stopped or [])} lab processes")
+
+
+user_app = typer.Typer(help="Accounts of the API and UI (behind the proxy of `dwops up`).",
+                       no_args_is_help=True)
+app.add_typer(user_app, name="user")
+
+
+@user_app.command("add")
+def user_add(
+    name: str = typer.Argument(..., help="the account's name: lowercase letters, digits, '-'"),
+    role: str = typer.Option(..., "--role", help="operator, integration or worker"),
+    deployments: str = typer.Option("", "--deployments",
+                                    help="an integration's deployments, comma-separated"),
+) -> None:
+    """Make an account; print its NAME:SECRET once, as the last line (only its hash is kept)."""
+    from dwops import platform
+    from dwops.accounts import AccountError, Role
+    from flows import FLOWS
+
+    try:
+        wanted = Role(role)
+    except ValueError:
+        err.print(f"[red]unknown role {escape(role)!r}: operator, integration or worker[/]")
+        raise typer.Exit(2) from None
+    names = tuple(d.strip() for d in deployments.split(",") if d.strip())
+    unknown = [d for d in names if d not in FLOWS]
+    if unknown:
+        err.print(f"[red]no deployment {escape(', '.join(unknown))} "
+                  f"(there are: {', '.join(FLOWS)})[/]")
+        raise typer.Exit(2)
+    try:
+        secret = platform.accounts().add(name, wanted, names)
+    except AccountError as e:
+        err.print(f"[red]{escape(str(e))}[/]")
+        raise typer.Exit(2) from None
+    err.print(f"account {name} ({wanted.value}) made; its secret is shown once, below:")
+    console.print(secret, markup=False, soft_wrap=True)
+
+
+@user_app.command("list")
+def user_list() -> None:
+    """Every account and its role (never a secret)."""
+    from dwops import platform
+
+    for account in platform.accounts().load().values():
+        console.print(account.describe(), markup=False)
+
+
+@user_app.command("remove")
+def user_remove(name: str = typer.Argument(..., help="the account to remove")) -> None:
+    """Remove an account: its next request is refused."""
+    from dwops import platform
+    from dwops.accounts import AccountError
+
+    try:
+        gone = platform.accounts().remove(name)
+    except AccountError as e:
+        err.print(f"[red]{escape(str(e))}[/]")
+        raise typer.Exit(2) from None
+    err.print(f"removed {gone.describe()}")
 
 
 @lab_app.command("up")
@@ -262,7 +324,8 @@ def run(
     param: list[str] = typer.Option([], "--param", "-p", help="key=value, repeatable"),
     inventory: str = typer.Option(None, "--inventory", "-i", help="lab, production or a path"),
     approve: bool = typer.Option(False, "--approve",
-                                 help="explicitly approve an emergency path from the command line"),
+                                 help="approve, at this terminal, what needs a human's approval "
+                                      "(an emergency path, a purge of /*, a broad block)"),
     as_json: bool = typer.Option(False, "--json", help="print the run's report as JSON"),
 ) -> None:
     """Run a runbook flow here and now; exit 1 if it fails or halts, 2 on bad parameters."""
@@ -277,6 +340,10 @@ def run(
     flow, model, values = _params_for(name, param, inventory, approve=approve,
                                       against_inventory=True)
     params = model(**values)
+    if approve:  # this process's own run only: never a parameter a deployment's run could carry
+        from dwops.approval import approve_at_this_terminal
+
+        approve_at_this_terminal(os.environ.get("USER") or os.environ.get("LOGNAME") or "")
     state = asyncio.run(flow(params, return_state=True))
     outcome = state.result(raise_on_failure=False)
     report = getattr(outcome, "report", None)
@@ -309,11 +376,9 @@ def _params_for(name: str, param: list[str], inventory: str | None, *, approve: 
     values = parse_assignments(param)
     if inventory:
         values["inventory"] = inventory
-    if approve:
-        if "emergency_approved" not in model.model_fields:
-            err.print(f"[red]{name} has no emergency path to approve[/]")
-            raise typer.Exit(2)
-        values["emergency_approved"] = True
+    if approve and not getattr(model, "NEEDS_APPROVAL_FOR", None):
+        err.print(f"[red]{name} has nothing that needs an approval[/]")
+        raise typer.Exit(2)
     try:
         params = model(**values)
     except ValidationError as e:
@@ -417,9 +482,10 @@ async def _summary_of(client, run) -> str | None:
 def approve(
     run_id: str = typer.Argument(..., help="the paused flow run's id"),
     reject: bool = typer.Option(False, "--reject", help="reject instead: nothing is changed"),
-    approver: str = typer.Option("", "--approver", help="who decides (for the report)"),
 ) -> None:
-    """Approve (or reject) an emergency run that is paused waiting for approval."""
+    """Approve (or reject) an emergency run that is paused waiting for approval. The run records
+    the operator account this CLI signs in with (PREFECT_API_AUTH_STRING, else the one `dwops up`
+    made), as the proxy authenticated it."""
     from dwops.settings import use_project_prefect
 
     use_project_prefect()
@@ -432,18 +498,17 @@ def approve(
         async with get_client() as client:
             run = await client.read_flow_run(UUID(run_id))
             if not (run.state and run.state.is_paused()):
-                err.print(f"[red]{run.name} is {run.state.name if run.state else '?'}, "
+                err.print(f"[red]{escape(run.name)} is "
+                          f"{escape(run.state.name) if run.state else '?'}, "
                           f"not waiting for approval[/]")
                 return 1
-            answer = {"approve": not reject, "approver": approver or os.environ.get("USER", "")}
-            refused = await resume_with_input(client, run.id, answer)
+            refused = await resume_with_input(client, run.id, {"approve": not reject})
             if refused:
-                err.print(f"[red]{run.name}: the server refused the answer: {refused}[/]")
+                err.print(f"[red]{escape(run.name)}: the server refused the answer: "
+                          f"{escape(refused)}[/]")
                 return 1
-            console.print(f"{run.name}: {'rejected' if reject else 'approved'}")
+            console.print(Text(f"{run.name}: {'rejected' if reject else 'approved'}"))
             return 0
-
-    import os
 
     raise typer.Exit(asyncio.run(go()))
 
@@ -457,9 +522,14 @@ async def resume_with_input(client, run_id, run_input: dict, wait: float = 15.0)
     import asyncio
     import time
 
+    from prefect.exceptions import PrefectHTTPStatusError
+
     deadline = time.monotonic() + wait
     while True:
-        result = await client.resume_flow_run(run_id, run_input=run_input)
+        try:
+            result = await client.resume_flow_run(run_id, run_input=run_input)
+        except PrefectHTTPStatusError as e:  # the proxy's refusal (403) says why
+            return f"HTTP {e.response.status_code}: {e.response.text[:300]}"
         if result.status.value == "ACCEPT":
             return None
         reason = getattr(result.details, "reason", None) or result.status.value
@@ -472,8 +542,10 @@ async def resume_with_input(client, run_id, run_input: dict, wait: float = 15.0)
 def history(
     name: str = typer.Argument(None, help="only this flow"),
     limit: int = typer.Option(20, "--limit", min=1, max=500),
+    as_json: bool = typer.Option(False, "--json", help="one object per run, for tools"),
 ) -> None:
-    """Recent runs with their outcome and the summary line of their report."""
+    """Recent runs: their outcome, who created them and who approved or rejected them (as the
+    proxy recorded it), and the summary line of their report."""
     from dwops.settings import use_project_prefect
 
     use_project_prefect()
@@ -485,7 +557,7 @@ def history(
     from prefect.client.schemas.objects import StateType
     from prefect.client.schemas.sorting import FlowRunSort
 
-    async def go():
+    async def go() -> list[dict]:
         async with get_client() as client:
             flow_filter = FlowFilter(name=FlowFilterName(any_=[name])) if name else None
             happened = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(
@@ -493,17 +565,49 @@ def history(
             runs = await client.read_flow_runs(flow_filter=flow_filter, flow_run_filter=happened,
                                                sort=FlowRunSort.START_TIME_DESC, limit=limit)
             flows = {f.id: f.name for f in await client.read_flows()}
-            table = Table(title="dwops history")
-            for col in ("started", "flow", "run", "state", "report"):
-                table.add_column(col)
-            for run in runs:
-                started = run.start_time.strftime("%Y-%m-%d %H:%M:%S") if run.start_time else "-"
-                table.add_row(started, Text(flows.get(run.flow_id, "?")), Text(run.name),
-                              Text(run.state.name if run.state else "-"),
-                              Text(await _summary_of(client, run) or ""))
-            console.print(table)
+            return [{"started": run.start_time.strftime("%Y-%m-%d %H:%M:%S")
+                     if run.start_time else "-",
+                     "flow": flows.get(run.flow_id, "?"), "run": run.name, "id": str(run.id),
+                     "state": run.state.name if run.state else "-",
+                     "created_by": created_by(run), "decided_by": decided_by(run),
+                     "report": await _summary_of(client, run) or ""} for run in runs]
 
-    asyncio.run(go())
+    rows = asyncio.run(go())
+    if as_json:
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        return
+    table = Table(title="dwops history")
+    columns = ("started", "flow", "run", "state", "created_by", "decided_by", "report")
+    for col in columns:
+        table.add_column(col.replace("_", " "))
+    for row in rows:
+        table.add_row(*(escape(row[col]) for col in columns))
+    console.print(table)
+
+
+def created_by(run) -> str:
+    """Who created a run, as the proxy recorded it: an account, a schedule or an automation."""
+    from dwops.policy import CREATED_BY
+
+    account = next((t[len(CREATED_BY):] for t in run.tags if t.startswith(CREATED_BY)), None)
+    if account:
+        return account
+    if run.created_by is not None and run.created_by.type == "AUTOMATION":
+        return f"automation: {run.created_by.display_value}"
+    if "auto-scheduled" in run.tags:
+        return "schedule"
+    return "-"
+
+
+def decided_by(run) -> str:
+    """Who approved or rejected a run's emergency path, as the proxy recorded it."""
+    from dwops.policy import APPROVED_BY, REJECTED_BY
+
+    for prefix, word in ((APPROVED_BY, "approved"), (REJECTED_BY, "rejected")):
+        who = next((t[len(prefix):] for t in run.tags if t.startswith(prefix)), None)
+        if who:
+            return f"{word}: {who}"
+    return ""
 
 
 @app.command("flows")

@@ -21,7 +21,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from enum import Enum
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool
 
@@ -56,11 +56,11 @@ class ChangeParams(BaseModel):
 class EmergencyParams(ChangeParams):
     """Change flows with an emergency path the production notes allow."""
 
-    emergency: StrictBool = Field(False, description="take the emergency path the notes allow "
-                                                     "(it needs a human's approval)")
-    emergency_approved: bool = Field(
-        False, description="explicit approval given by the caller (the CLI's --approve); "
-                           "without it an emergency run pauses for approval in the Prefect UI")
+    NEEDS_APPROVAL_FOR: ClassVar[str] = "its emergency path"
+
+    emergency: StrictBool = Field(False, description="take the emergency path the notes allow: "
+                                                     "the run pauses until an operator approves "
+                                                     "it")
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ def use_project_prefect(connect_to_running: bool = True) -> None:
     if connect_to_running and "PREFECT_API_URL" not in os.environ:
         from lab import procs
 
-        cred, _ = platform.credential()
+        cred = platform.credential()
         if cred and procs.read_pid(platform.home() / "server.pid"):
             os.environ["PREFECT_API_URL"] = platform.api_url()
             os.environ.setdefault("PREFECT_API_AUTH_STRING", cred)

@@ -10,6 +10,8 @@ names the distribution (`aws.cloudfront_distribution_id`, or `aws.cloudfront_ali
 2. Plan: one invalidation of these paths, then wait for it. Publish the plan; a dry run stops
    here.
 3. Read the distribution (gate: it exists and is enabled) and the invalidations in progress.
+   A purge of `/*` (every cached object: every request then goes to the origin until the caches
+   fill again) waits for an operator's approval, as the notes' emergency paths do.
 4. Create ONE invalidation (its CallerReference is the flow run's id, so a retried run does not
    make a second one), then poll it until Completed or `wait_seconds`. A timeout or an error
    halts the run: the report names the invalidation (it cannot be cancelled; CloudFront finishes
@@ -26,11 +28,12 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 from prefect import flow, get_run_logger
 from pydantic import AfterValidator, Field, model_validator
 
+from dwops.approval import decide_emergency
 from dwops.inventory import resolve_inventory
 from dwops.runbook import ChangeParams, Gate, Outcome, Plan, Report, Step, finish, publish_plan
 from tasks.aws import (AwsError, CloudFrontState, create_cdn_invalidation, read_cloudfront,
@@ -63,19 +66,20 @@ def check_path(path: str) -> str:
     return path
 
 
-def is_broad(path: str) -> bool:
-    """A purge of the whole distribution (`/*`): every cached object is fetched again from the
-    origin at once."""
-    return path == "/*"
-
-
 PathText = Annotated[str, Field(min_length=1, max_length=500,
                                 description="a path starting with /, `*` allowed as the last "
                                             "character, e.g. /stats/site or /static/*"),
                      AfterValidator(check_path)]
 
 
+def purges_everything(paths: list[str]) -> bool:
+    """`/*` drops every cached object of the distribution."""
+    return "/*" in paths
+
+
 class PurgeCdnParams(ChangeParams):
+    NEEDS_APPROVAL_FOR: ClassVar[str] = "a purge of /* (every cached object)"
+
     paths: list[PathText] = Field(min_length=1, max_length=100,
                                   description="the paths to invalidate (1 to 100)")
     wait_seconds: float = Field(300, ge=1, le=3600,
@@ -89,10 +93,6 @@ class PurgeCdnParams(ChangeParams):
             raise ValueError(f"{len(wild)} wildcard paths: CloudFront allows {MAX_WILDCARDS} in "
                              f"progress at one time")
         return self
-
-    def is_broad(self) -> bool:
-        """Whether this run purges the whole distribution (`is_broad`)."""
-        return any(is_broad(p) for p in self.paths)
 
 
 def distribution_is_enabled(state: CloudFrontState) -> Gate:
@@ -154,6 +154,16 @@ async def purge_cdn(params: PurgeCdnParams) -> dict[str, Any]:
         return await finish(report, log)
     log.info("purging: %s", gate.reason)
     dist_id = before.distribution.id
+    if purges_everything(params.paths):
+        decision = await decide_emergency(
+            f"A purge of `/*` drops every cached object of {name} ({before.distribution.domain}): "
+            f"until the caches fill again every request goes to the origin, the webs.", log=log)
+        gate = report.gate(Gate("purge of everything approved", decision.approved,
+                                decision.reason))
+        if not gate.ok:
+            log.error("not purging /*: %s", decision.reason)
+            report.halt(f"purge of /* not approved ({decision.reason}); nothing invalidated")
+            return await finish(report, log)
 
     # 4. One invalidation, then wait for it.
     started = time.monotonic()

@@ -39,7 +39,7 @@ from typing import Any, Awaitable, Callable, TypeVar
 from prefect import flow, get_run_logger
 from pydantic import Field, model_validator
 
-from dwops.approval import emergency_approved
+from dwops.approval import decide_emergency
 from dwops.inventory import Inventory, resolve_inventory
 from dwops.runbook import (maintenance, HOST_LIST, BadParameters, EmergencyParams, Gate, HostNames, Outcome,
                            Plan, Report, Step, finish, hosts_of, publish_plan)
@@ -131,8 +131,8 @@ async def restart_webs(params: RestartWebsParams = RestartWebsParams()) -> dict[
     async with maintenance(report), ssh_session(inventory):
         if params.emergency:
             # 3. Emergency: every web at once, only with a human's approval.
-            ok, who = await emergency_approved(what_is_lost(hosts, target_group),
-                                               given_by_caller=params.emergency_approved, log=log)
+            decision = await decide_emergency(what_is_lost(hosts, target_group), log=log)
+            ok, who = decision.approved, decision.reason
             report.gate(Gate("emergency approved", ok, who))
             if not ok:
                 log.error("emergency restart not approved (%s): nothing is touched", who)

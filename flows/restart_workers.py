@@ -44,7 +44,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from pydantic import ConfigDict, Field
 
-from dwops.approval import emergency_approved
+from dwops.approval import decide_emergency
 from dwops.errors import Unavailable
 from dwops.inventory import Inventory, resolve_inventory
 from dwops.runbook import (maintenance, BadParameters, EmergencyParams, Gate, Outcome, Plan, Report, Step,
@@ -404,7 +404,8 @@ async def _importers_idle_or_approved(inventory: Inventory, report: Report, log:
         return frozenset()
     busy = busy_imports(readings)
     lost = what_is_lost(busy)
-    ok, who = await emergency_approved(lost, given_by_caller=params.emergency_approved, log=log)
+    decision = await decide_emergency(lost, log=log)
+    ok, who = decision.approved, decision.reason
     report.gate(Gate("emergency approved", ok, f"{who}. {lost}",
                      {"busy": [b.describe() for b in busy]}))
     if not ok:

@@ -147,11 +147,8 @@ def _field_sets(flow: str, fname: str, annotation: Any, metadata: list[Any],
         return out
 
     if annotation is bool:
-        loose = ("yes", "no", "true", "false", "on", 1, 0)  # strict: JSON true/false only
-        if fname == "emergency_approved":  # being removed from the parameters altogether
-            loose = ()
         for value in ("maybe", 2, -1, 0.5, [], {}, None, f"true;touch {PWNED}", "tru\u0435",
-                      *loose):
+                      "yes", "no", "true", "false", "on", 1, 0):  # strict: JSON true/false only
             out.append(bad(value, f"= {value!r} (not a boolean)", shown=value))
         return out
 

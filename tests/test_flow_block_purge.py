@@ -22,7 +22,6 @@ from dwops.runbook import BadParameters
 from flows.block_address import (BlockAddressParams, address_is_in_set, address_is_not_blocked,
                                  covers_no_inventory_host, fits_the_set, is_broad, never_blocked)
 from flows.purge_cdn import PurgeCdnParams
-from flows.purge_cdn import is_broad as purge_is_broad
 from lab.config import LabConfig
 from tasks.aws import (expiry_tag_key, format_expiry, merge_addresses, parse_expiry_tags,
                        parse_invalidation)
@@ -111,12 +110,6 @@ def test_is_broad_says_which_blocks_need_allow_broad(addresses: list[str], allow
     if broad:  # exactly what allow_broad=false refuses
         assert ("addresses", len(addresses) - 1) in refusals(action="block", addresses=addresses)
     assert BlockAddressParams(action="unblock", addresses=addresses).is_broad() is False
-
-
-def test_a_purge_of_everything_is_the_broad_one() -> None:
-    assert PurgeCdnParams(paths=["/static/*", "/*"]).is_broad()
-    assert not PurgeCdnParams(paths=["/static/*", "/stats/site"]).is_broad()
-    assert [p for p in ("/*", "/**", "/static/*", "/") if purge_is_broad(p)] == ["/*"]
 
 
 def test_the_never_block_networks_are_refused_whatever_the_parameters() -> None:

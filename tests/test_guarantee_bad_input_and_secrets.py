@@ -556,7 +556,7 @@ def test_secrets_appear_in_no_log_artifact_report_or_error(
                **_ssh_key_forms("wrong SSH key", wrong_key),
                **_forms("wrong database password", wrong_password.encode()),
                **_forms("AWS secret access key", aws_secret.encode())}
-    credential, _ = platform.credential()
+    credential = platform.credential()
     if credential:  # the Prefect API credential of `dwops up`, when there is one
         needles.update(_forms("Prefect API credential", credential.encode()))
         needles.update(_forms("Prefect API password", credential.partition(":")[2].encode()))

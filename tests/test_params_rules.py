@@ -46,13 +46,12 @@ LOOSE = ["yes", "no", "true", "false", "on", "1", 1, 0, 1.0, "True"]
 
 
 def _flags() -> list[tuple[str, str]]:
-    """(flow, field) of every boolean parameter of every flow. `emergency_approved` is left out:
-    it is being removed from the parameters (an approval is a human's, never a parameter)."""
+    """(flow, field) of every boolean parameter of every flow."""
     from flows import FLOWS, load_flow
 
     return [(name, field) for name in FLOWS
             for field, info in load_flow(name)[1].model_fields.items()
-            if info.annotation is bool and field != "emergency_approved"]
+            if info.annotation is bool]
 
 
 def test_the_safety_flags_are_the_ones_expected() -> None:

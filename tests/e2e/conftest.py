@@ -1,21 +1,22 @@
 """A private `dwops up` for the tests in this folder: the real main command, run on the lab.
 
-The platform (Prefect server with basic auth, the `dwops` work pool and its worker, every
-deployment of prefect.yaml, the automations) gets its own state folder and port
+The platform (the proxy with its accounts in front of the Prefect server, the `dwops` work pool
+and its worker, every deployment of prefect.yaml, the automations) gets its own state folder and
+port
 (`DWOPS_PREFECT_HOME`, `DWOPS_PREFECT_PORT`), so it shares nothing with an operator's own
 `dwops up`. It lives for this package's tests only (package scope: this folder has an
 `__init__.py`, without which pytest would keep it for the whole session) and is stopped with
 `dwops down --keep-lab`: its scheduled fleet-status and self-healing must not run while the rest
 of the suite stops daemons on purpose. After it stops, no process of it is left.
 
-Tests here talk to it as other systems do: REST over HTTP with basic auth, and the `dwops` CLI.
+Tests here talk to it as other systems and people do: REST over HTTP through the proxy with an
+account (basic auth), and the `dwops` CLI.
 """
 
 from __future__ import annotations
 
 import os
 import random
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +25,8 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+
+from dwops.platform import free_port
 
 PROJECT = Path(__file__).resolve().parents[2]
 
@@ -39,6 +42,7 @@ class Platform:
     up_output: str
     up_seconds: float
     _deployments: dict[str, dict] = field(default_factory=dict)
+    _accounts: dict[str, str] = field(default_factory=dict)
     busy_answers: int = 0  # 503s seen (and retried) by create_run
 
     @property
@@ -48,6 +52,11 @@ class Platform:
     @property
     def api_url(self) -> str:
         return f"{self.ui_url}/api"
+
+    @property
+    def worker_credential(self) -> str:
+        """The worker account `dwops up` made (what a second worker signs in with)."""
+        return (self.home / "worker-auth").read_text().strip()
 
     def api(self, method: str, path: str, body: object = None, *,
             credential: str | None = "default", timeout: float = 30) -> tuple[int, object]:
@@ -150,22 +159,30 @@ class Platform:
         assert reports, f"run {run_id} has no report artifact"
         return reports[-1]
 
-    def dwops(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-        """The `dwops` CLI against this platform (its credential read from its state folder)."""
+    def dwops(self, *args: str, timeout: float = 300, account: str | None = None
+              ) -> subprocess.CompletedProcess:
+        """The `dwops` CLI against this platform, signed in as `account` (`NAME:SECRET`; default
+        the first operator's, which `dwops up` keeps in its state folder)."""
+        env = dict(self.env, PREFECT_API_AUTH_STRING=account) if account else self.env
         return subprocess.run([sys.executable, "-m", "dwops.cli", *args], cwd=PROJECT,
-                              env=self.env, capture_output=True, text=True, timeout=timeout)
+                              env=env, capture_output=True, text=True, timeout=timeout)
+
+    def account(self, name: str, role: str, deployments: str = "") -> str:
+        """A new account made with `dwops user add`: its `NAME:SECRET` (the last line)."""
+        if name not in self._accounts:
+            extra = ("--deployments", deployments) if deployments else ()
+            out = self.dwops("user", "add", name, "--role", role, *extra)
+            assert out.returncode == 0, out.stdout + out.stderr
+            self._accounts[name] = out.stdout.strip().splitlines()[-1]
+        return self._accounts[name]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="package")
 def platform(lab, tmp_path_factory: pytest.TempPathFactory):
     home = tmp_path_factory.mktemp("dwops-platform")
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("PREFECT_") or k in ("PREFECT_SERVER_ANALYTICS_ENABLED",)}
     env.update(DWOPS_PREFECT_HOME=str(home), DWOPS_PREFECT_PORT=str(port), COLUMNS="250")

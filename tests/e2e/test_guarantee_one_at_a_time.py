@@ -36,7 +36,7 @@ def pid(lab: LabConfig, service: str, host: str) -> int | None:
 def second_worker(platform):
     """Another worker on the same pool, as production runs one on each admin host."""
     env = dict(platform.env, PREFECT_API_URL=platform.api_url,
-               PREFECT_API_AUTH_STRING=platform.credential, PREFECT_HOME=str(platform.home),
+               PREFECT_API_AUTH_STRING=platform.worker_credential, PREFECT_HOME=str(platform.home),
                PREFECT_WORKER_QUERY_SECONDS="1", DWOPS_INVENTORY="lab",
                DWOPS_PROJECT_DIR=str(PROJECT))
     log = open(platform.home / "worker-2.log", "wb")

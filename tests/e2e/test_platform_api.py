@@ -1,12 +1,14 @@
 """dwops run like production: `dwops up` on the lab, driven as other systems drive it.
 
-Everything here goes through a real Prefect server with basic auth and a real worker (the
-`platform` fixture runs the main command itself): REST calls with the credential, `dwops trigger`,
-`dwops approve`, `dwops history`. The runs execute on the worker against the lab's real hosts.
+Everything here goes through the real proxy, a real Prefect server behind it and a real worker
+(the `platform` fixture runs the main command itself): REST calls with an account, `dwops
+trigger`, `dwops approve`, `dwops history`. The runs execute on the worker against the lab's real
+hosts.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import time
@@ -44,15 +46,29 @@ def listeners(port: int) -> set[str]:
 
 
 def test_dwops_up_brings_up_server_worker_deployments_and_automations(platform):
-    # The credential: generated, kept 0600 in the state folder, shown once by `dwops up`.
+    # The first operator account: generated, kept 0600 in the state folder for this machine's
+    # CLI, shown once by `dwops up` as the last line; only its hash is in the accounts.
     path = platform.home / "api-auth"
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
-    assert platform.credential.startswith("admin:") and len(platform.credential) > 20
-    assert platform.credential in platform.up_output
+    assert platform.credential.startswith("admin:") and len(platform.credential) > 40
+    assert [line.strip() for line in platform.up_output.splitlines()].count(
+        platform.credential) == 1
     assert platform.ui_url in platform.up_output
     assert "fleet-status: completed" in platform.up_output
-    # The server listens on 127.0.0.1 only (0100007F in /proc/net/tcp).
-    assert listeners(platform.port) == {"0100007F"}
+    secret = platform.credential.partition(":")[2]
+    for kept in (platform.home / "accounts").iterdir():
+        assert secret not in kept.read_text(), kept
+    accounts = platform.dwops("user", "list").stdout.splitlines()
+    assert {"admin: operator", "worker: worker"} <= set(accounts), accounts
+    # The proxy, the Prefect server behind it and the gateway listen on 127.0.0.1 only
+    # (0100007F in /proc/net/tcp), and the server refuses a caller that goes around the proxy.
+    for port in (platform.port, platform.port + 1, platform.port + 2):
+        assert listeners(port) == {"0100007F"}, port
+    from dwops.platform import rest
+
+    status, _ = rest("POST", f"http://127.0.0.1:{platform.port + 1}/api/deployments/filter", {},
+                     platform.credential)
+    assert status == 401
 
     # The work pool, an online worker, the maintenance lock, the automations.
     pool = platform.ok("GET", "/work_pools/dwops")
@@ -143,6 +159,22 @@ def test_dwops_trigger_waits_for_the_outcome_and_history_lists_it(platform, lab)
     assert "Completed" in out.stdout and "ensure-gearman on lab" in out.stdout
 
 
+def test_an_operator_runs_a_flow_from_their_own_terminal_through_the_proxy(platform, lab):
+    """`dwops run` signed in as an operator: the run, its task runs, logs, artifacts, events and
+    the maintenance lock all go through the proxy, and the run records who made it."""
+    out = platform.dwops("run", "ensure-ddlockd", "--json")
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    report = json.loads(out.stdout)
+    assert report["summary"].startswith("ensure-ddlockd on lab: completed"), report["summary"]
+    row = next(r for r in json.loads(platform.dwops("history", "ensure-ddlockd", "--json").stdout)
+               if r["report"] == report["summary"])
+    assert row["created_by"] == "admin" and row["state"] == "Completed", row
+    logs = platform.ok("POST", "/logs/filter", {"logs": {"flow_run_id": {"any_": [row["id"]]}}})
+    assert any("ensure-ddlockd on lab: completed" in log["message"] for log in logs), logs
+    keys = {a["key"] for a in platform.artifacts(row["id"])}
+    assert {"ensure-ddlockd-plan", "ensure-ddlockd-report"} <= keys, keys
+
+
 def test_a_run_through_the_api_cannot_make_the_worker_read_a_file(platform):
     """An inventory path passes the schema (`dwops run` takes paths) but the worker refuses it
     before reading anything: a caller of the API must not choose files on the worker."""
@@ -175,6 +207,13 @@ def test_two_concurrent_restarts_give_one_run_and_one_refusal(platform, lab):
     assert pid(lab, "apache2", "va-web05") == pids["va-web05"]
 
 
+def history_of(platform, run_id: str) -> dict:
+    """The run's row in `dwops history --json`."""
+    out = platform.dwops("history", "restart-webs", "--limit", "10", "--json")
+    assert out.returncode == 0, out.stderr
+    return next(row for row in json.loads(out.stdout) if row["id"] == run_id)
+
+
 def wait_paused(platform, run_id: str) -> dict:
     return platform.wait_for(run_id, {"PAUSED"} | FINAL, timeout=120)
 
@@ -187,14 +226,21 @@ def test_a_paused_emergency_run_approved_by_rest_completes(platform, lab):
     assert paused["state_type"] == "PAUSED", paused["state"]
     assert pid(lab, "apache2", "va-web06") == before  # nothing happens before the approval
 
-    answer = platform.resume(run["id"], {"approve": True, "approver": "oncall-test"})
+    # The form's answer as a UI sends it; who approved is the account the proxy authenticated,
+    # whatever the answer says.
+    answer = platform.resume(run["id"], {"approve": True, "approver": "somebody-else"})
     assert answer["status"] == "ACCEPT", answer
     done = platform.wait_for(run["id"], FINAL)
     assert done["state_type"] == "COMPLETED", done["state"]
     report = platform.report(run["id"])
     assert report["description"].startswith("restart-webs on lab: completed - 1 done")
-    assert "approved by oncall-test" in report["data"]
+    assert "approved by admin" in report["data"] and "somebody-else" not in report["data"]
     assert pid(lab, "apache2", "va-web06") not in (None, before)
+    assert {"created-by:admin", "approved-by:admin"} <= set(platform.run(run["id"])["tags"])
+
+    # `dwops history` names who created the run and who approved it.
+    row = history_of(platform, run["id"])
+    assert (row["created_by"], row["decided_by"]) == ("admin", "approved: admin"), row
 
 
 def test_a_paused_emergency_run_rejected_with_dwops_approve_changes_nothing(platform, lab):
@@ -204,13 +250,17 @@ def test_a_paused_emergency_run_rejected_with_dwops_approve_changes_nothing(plat
     assert status == 201, run
     assert wait_paused(platform, run["id"])["state_type"] == "PAUSED"
 
-    out = platform.dwops("approve", run["id"], "--reject", "--approver", "oncall-test")
+    # Another operator rejects it with the CLI, signed in with their own account.
+    bob = platform.account("oncall-bob", "operator")
+    out = platform.dwops("approve", run["id"], "--reject", account=bob)
     assert out.returncode == 0 and "rejected" in out.stdout, out.stdout + out.stderr
     done = platform.wait_for(run["id"], FINAL)
     assert done["state_type"] == "FAILED"  # halted: the report says why
     report = platform.report(run["id"])
-    assert "HALTED: emergency restart not approved (rejected by oncall-test)" in (
+    assert "HALTED: emergency restart not approved (rejected by oncall-bob)" in (
         report["description"])
+    row = history_of(platform, run["id"])
+    assert (row["created_by"], row["decided_by"]) == ("admin", "rejected: oncall-bob"), row
     assert "0 done" in report["description"]
     assert {h: pid(lab, "apache2", h) for h in pids} == pids
 

@@ -1,13 +1,15 @@
 """An operator can drive dwops from the Prefect UI, in a real headless browser.
 
-Debian's chromium, driven by Playwright, against the `platform` fixture's `dwops up` (a real
-Prefect server with basic auth, its worker and the deployments, on the running lab). The browser
+Debian's chromium, driven by Playwright, against the `platform` fixture's `dwops up` (the proxy
+in front of a real Prefect server, its worker and the deployments, on the running lab), signed in
+as the first operator account. The browser
 only reaches 127.0.0.1: any other request is aborted (the Prefect UI's bundled telemetry asks
 amplitude.com for its config on every page load, whatever the server's analytics setting), so
 this also proves the UI needs nothing off the machine.
 
 One walk through the UI, as an operator does it:
-1. sign in: the login page asks for the whole `user:password` credential in one field;
+1. sign in: the login page asks for the whole `NAME:SECRET` of an operator account in one field
+   (an integration account is refused there);
 2. Deployments -> restart-webs;
 3. Run -> Custom run: the form renders `params` as fields; the run is named, Delay set to 1
    (default 5), submitted;
@@ -101,6 +103,7 @@ def test_operator_signs_in_and_runs_restart_webs_with_a_custom_delay(platform, l
     assert run["deployment_id"] == platform.deployment(DEPLOYMENT)["id"], where
     assert run["parameters"]["params"]["delay"] == 1, f"{run['parameters']}\n{where}"
     assert run["state_type"] == "COMPLETED", f"{run['state_name']}\n{where}"
+    assert "created-by:admin" in run["tags"], f"{run['tags']}\n{where}"
     reports = [a for a in platform.artifacts(run_id) if a.get("key") == REPORT_KEY]
     assert reports, f"no {REPORT_KEY} artifact\n{where}"
     report = reports[-1]
@@ -109,11 +112,20 @@ def test_operator_signs_in_and_runs_restart_webs_with_a_custom_delay(platform, l
 
 def operate(page: Page, shots: Screenshots, platform, run_name: str, webs: list[str]) -> str:
     """The operator's walk through the UI; returns the id of the run it started."""
-    # 1. Sign in: one field, placeholder `admin:pass`, for the whole credential.
+    # 1. Sign in: one field, placeholder `admin:pass`, for the whole credential. An integration
+    # account (other systems') is refused; the operator's signs in.
     page.goto(platform.ui_url)
     credential = page.get_by_placeholder("admin:pass")
     expect(credential).to_be_visible()
     shots.take("login")
+    with page.expect_response(lambda r: r.url.endswith("/api/admin/version")) as checked:
+        credential.fill(platform.account("ui-ci", "integration", "fleet-status"))
+        page.get_by_role("button", name="Login").click()
+    assert checked.value.status == 403, checked.value.status
+    expect(page.get_by_role("link", name="Deployments", exact=True)).not_to_be_visible()
+    shots.take("integration-refused")
+    page.goto(platform.ui_url)
+    credential = page.get_by_placeholder("admin:pass")
     credential.fill(platform.credential)
     page.get_by_role("button", name="Login").click()
     deployments = page.get_by_role("link", name="Deployments", exact=True)
@@ -154,6 +166,7 @@ def operate(page: Page, shots: Screenshots, platform, run_name: str, webs: list[
     expect(state).to_be_visible(timeout=RUN_TIMEOUT_MS)
     shots.take("run-finished")
     expect(state).to_have_text("Completed")
+    expect(main).to_contain_text("created-by:admin")  # the account the proxy authenticated
 
     # Its Artifacts tab: the report's card with its summary; the card opens the report.
     page.get_by_role("tab", name="Artifacts").click()

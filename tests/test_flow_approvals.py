@@ -1,0 +1,94 @@
+"""What needs a human's approval waits for one: a purge of `/*` (and the emergency paths, tested
+with their flows). Run here with `dwops run` on the lab, against the test session's Prefect server
+(no proxy): approved at the terminal with `--approve`, or paused until answered. An answer given
+straight to Prefect, not through the proxy, names nobody: a rejection halts the run, and an
+approval without an operator's name recorded by the proxy is refused (tests/e2e has the proxy).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+from typing import Any
+
+from dwops.inventory import Inventory
+
+
+def invalidations(lab, dist_id: str) -> set[str]:
+    from lab import aws
+
+    cloudfront = aws.client(lab, "cloudfront")
+    found = set()
+    for page in cloudfront.get_paginator("list_invalidations").paginate(DistributionId=dist_id):
+        found |= {i["Id"] for i in (page.get("InvalidationList") or {}).get("Items") or []}
+    return found
+
+
+async def answer_when_paused(api: str, proc: subprocess.Popen, flow: str, approve: bool) -> Any:
+    """Wait until the background run of `flow` is Paused, then answer it straight through
+    Prefect's API (as nobody the proxy knows)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (FlowFilter, FlowFilterName, FlowRunFilter,
+                                                FlowRunFilterState, FlowRunFilterStateType)
+    from prefect.client.schemas.objects import StateType
+    from prefect.flow_runs import resume_flow_run
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: api}):
+        async with get_client() as client:
+            deadline = time.monotonic() + 60
+            while True:
+                assert proc.poll() is None, f"the run ended before pausing: {proc.communicate()}"
+                paused = await client.read_flow_runs(
+                    flow_filter=FlowFilter(name=FlowFilterName(any_=[flow])),
+                    flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
+                        type=FlowRunFilterStateType(any_=[StateType.PAUSED]))))
+                if paused:
+                    break
+                assert time.monotonic() < deadline, f"the {flow} run never paused"
+                await asyncio.sleep(0.5)
+            deadline = time.monotonic() + 15
+            while True:  # the form's schema is saved just after the pause
+                result = await resume_flow_run(paused[0].id, run_input={"approve": approve})
+                if result.status.value == "ACCEPT" or time.monotonic() > deadline:
+                    return paused[0]
+                await asyncio.sleep(0.5)
+
+
+def test_a_purge_of_everything_waits_for_an_approval(lab, lab_inventory: Inventory, dwops_run,
+                                                     prefect_api: str):
+    dist_id = lab_inventory.aws.cloudfront_distribution_id
+    before = invalidations(lab, dist_id)
+
+    # Rejected: nothing is invalidated.
+    proc = dwops_run("purge-cdn", 'paths=["/*"]', background=True)
+    asyncio.run(answer_when_paused(prefect_api, proc, "purge-cdn", approve=False))
+    out, err = proc.communicate(timeout=60)
+    report = dwops_run.report(out)
+    assert proc.returncode == 1, err[-2000:]
+    assert report["halted"] == ("purge of /* not approved (rejected by an unrecorded caller); "
+                                "nothing invalidated"), report["halted"]
+    assert invalidations(lab, dist_id) == before
+
+    # Approved straight through Prefect, not by an operator through the proxy: refused.
+    proc = dwops_run("purge-cdn", 'paths=["/*"]', background=True)
+    asyncio.run(answer_when_paused(prefect_api, proc, "purge-cdn", approve=True))
+    out, err = proc.communicate(timeout=60)
+    report = dwops_run.report(out)
+    assert proc.returncode == 1, err[-2000:]
+    assert "did not come from an operator account through the proxy" in report["halted"]
+    assert invalidations(lab, dist_id) == before
+
+    # Approved at the terminal: one invalidation of /*.
+    rc, report, err = dwops_run("purge-cdn", 'paths=["/*"]', approve=True)
+    assert rc == 0, err[-2000:]
+    approval = [g for g in report["gates"] if g["name"] == "purge of everything approved"]
+    assert approval[0]["ok"] and "at the terminal" in approval[0]["reason"], approval
+    assert len(invalidations(lab, dist_id) - before) == 1
+
+    # A purge of some paths needs no approval, and --approve is refused where nothing needs it.
+    rc, report, err = dwops_run("purge-cdn", 'paths=["/stats/*"]')
+    assert rc == 0 and not [g for g in report["gates"] if "approved" in g["name"]], err[-2000:]
+    rc, report, err = dwops_run("ensure-ddlockd", approve=True)
+    assert rc == 2 and "nothing that needs an approval" in err, err[-2000:]
