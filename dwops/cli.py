@@ -1,4 +1,10 @@
-"""The `dwops` command line."""
+"""The `dwops` command line.
+
+Text that comes from hosts, services or the Prefect server (check reasons, host names, report
+summaries, run names, state messages) is printed as text, never as Rich markup: in a table as a
+`Text`, in a line through `escape`. A `ps` title holding `[/x]` must not crash the output, nor
+`[bold red]` restyle it.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 app = typer.Typer(help="Dreamwidth's production runbook as Prefect flows.", no_args_is_help=True)
 lab_app = typer.Typer(help="The lab: the production fleet replicated on this machine.",
@@ -32,18 +39,21 @@ def status(
     from dwops.settings import use_project_prefect
 
     use_project_prefect()
-    from dwops.inventory import PATHS_ALLOWED, InventoryError
+    from pydantic import ValidationError
+
+    from dwops.inventory import PATHS_ALLOWED, InventoryError, resolve_inventory
     from flows.fleet_status import FleetCritical, FleetStatusParams, fleet_status
 
     os.environ[PATHS_ALLOWED] = "allow"  # the operator's own machine: inventory files by path
     try:
         params = FleetStatusParams(inventory=inventory)
+        resolve_inventory(params.inventory)  # a bad inventory exits 2 before any run exists
         import asyncio
 
         state = asyncio.run(fleet_status(params, return_state=True))
         outcome = state.result(raise_on_failure=False)
-    except InventoryError as e:
-        err.print(f"[red]{escape(str(e))}[/]")
+    except (InventoryError, ValidationError) as e:
+        err.print(f"[red]{escape(str(e))}[/]", soft_wrap=True)
         raise typer.Exit(2) from None
     if isinstance(outcome, FleetCritical):
         report = outcome.report.as_dict()
@@ -55,13 +65,14 @@ def status(
     if as_json:
         sys.stdout.write(json.dumps(report, indent=2, default=str) + "\n")
     else:
-        table = Table(title=f"fleet status: {report['inventory']}")
+        table = Table(title=Text(f"fleet status: {report['inventory']}"))
         for col in ("verdict", "system", "host", "reason"):
             table.add_column(col)
         order = {"CRIT": 0, "WARN": 1, "OK": 2}
         for c in sorted(report["checks"], key=lambda c: (order[c["verdict"]], c["system"], c["host"])):
             v = c["verdict"]
-            table.add_row(f"[{VERDICT_STYLE[v]}]{v}[/]", c["system"], c["host"], c["reason"])
+            table.add_row(Text(v, style=VERDICT_STYLE[v]), Text(c["system"]), Text(c["host"]),
+                          Text(c["reason"]))
         console.print(table)
         n = report["counts"]
         console.print(f"{report['verdict']}: {n['OK']} ok, {n['WARN']} warn, {n['CRIT']} crit "
@@ -326,7 +337,8 @@ def run(
     from dwops.inventory import PATHS_ALLOWED
 
     os.environ[PATHS_ALLOWED] = "allow"  # as in `dwops status`
-    flow, model, values = _params_for(name, param, inventory, approve=approve)
+    flow, model, values = _params_for(name, param, inventory, approve=approve,
+                                      against_inventory=True)
     params = model(**values)
     if approve:  # this process's own run only: never a parameter a deployment's run could carry
         from dwops.approval import approve_at_this_terminal
@@ -339,16 +351,19 @@ def run(
     if as_json and not isinstance(data, BaseException):
         sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
     elif isinstance(data, dict) and "summary" in data:
-        console.print(data["summary"])
+        console.print(Text(data["summary"]))
     if state.is_completed():
         return
     err.print(f"[red]{name} {state.name.lower()}:[/] {escape(str(outcome))}", soft_wrap=True)
     raise typer.Exit(1)
 
 
-def _params_for(name: str, param: list[str], inventory: str | None, *, approve: bool = False):
+def _params_for(name: str, param: list[str], inventory: str | None, *, approve: bool = False,
+                against_inventory: bool = False):
     """(flow, its parameters model, the values) with the values validated against the model
-    here, before any run exists: bad input exits 2 and touches nothing."""
+    here, before any run exists: bad input exits 2 and touches nothing. `against_inventory`
+    (a run here and now) also loads the inventory and checks the values against it: an
+    inventory that is none, or a host it does not have, exits 2 as well."""
     from pydantic import ValidationError
 
     from flows import load_flow
@@ -365,7 +380,7 @@ def _params_for(name: str, param: list[str], inventory: str | None, *, approve: 
         err.print(f"[red]{name} has nothing that needs an approval[/]")
         raise typer.Exit(2)
     try:
-        model(**values)
+        params = model(**values)
     except ValidationError as e:
         err.print(f"[red]bad parameters for {name}:[/]")
         for problem in e.errors():
@@ -375,7 +390,31 @@ def _params_for(name: str, param: list[str], inventory: str | None, *, approve: 
                 f" (got {_shown(got)})"
             err.print(f"  {escape(where)}: {escape(problem['msg'] + shown)}", soft_wrap=True)
         raise typer.Exit(2) from None
+    if against_inventory:
+        _check_against_inventory(name, params)
     return flow, model, values
+
+
+def _check_against_inventory(name: str, params) -> None:
+    """Exit 2 when the parameters' inventory cannot be loaded, or lacks or forbids what they
+    name (the model's `check_inventory`, which the flow runs again at its start)."""
+    from dwops.inventory import InventoryError, resolve_inventory
+    from dwops.runbook import BadParameters
+
+    try:
+        inventory = resolve_inventory(params.inventory)
+        check = getattr(params, "check_inventory", None)
+        if check is not None:
+            check(inventory)
+    except InventoryError as e:  # one line per problem: `  inventory: FILE: entry: problem`
+        err.print(f"[red]bad parameters for {name}:[/]")
+        for line in str(e).splitlines()[1:]:
+            err.print(f"  inventory: {escape(line.strip())}", soft_wrap=True)
+        raise typer.Exit(2) from None
+    except BadParameters as e:
+        err.print(f"[red]bad parameters for {name}:[/]\n  {escape(e.field or '(parameters)')}: "
+                  f"{escape(str(e))}", soft_wrap=True)
+        raise typer.Exit(2) from None
 
 
 def _shown(value: object, limit: int = 60) -> str:
@@ -412,7 +451,8 @@ def trigger(
             deployment = await client.read_deployment_by_name(f"{name}/{name}")
             run = await client.create_flow_run_from_deployment(
                 deployment.id, parameters={"params": values}, idempotency_key=idempotency_key)
-            console.print(f"flow run {run.id} ({run.name}): {run.state.name if run.state else '?'}")
+            console.print(Text(f"flow run {run.id} ({run.name}): "
+                               f"{run.state.name if run.state else '?'}"))
             if not wait:
                 return 0
             while True:
@@ -421,7 +461,7 @@ def trigger(
                     break
                 await asyncio.sleep(1)
             summary = await _summary_of(client, run)
-            console.print(f"{run.state.name}: {summary or run.state.message or ''}")
+            console.print(Text(f"{run.state.name}: {summary or run.state.message or ''}"))
             return 0 if run.state.is_completed() else 1
 
     raise typer.Exit(asyncio.run(go()))
@@ -458,14 +498,16 @@ def approve(
         async with get_client() as client:
             run = await client.read_flow_run(UUID(run_id))
             if not (run.state and run.state.is_paused()):
-                err.print(f"[red]{run.name} is {run.state.name if run.state else '?'}, "
+                err.print(f"[red]{escape(run.name)} is "
+                          f"{escape(run.state.name) if run.state else '?'}, "
                           f"not waiting for approval[/]")
                 return 1
             refused = await resume_with_input(client, run.id, {"approve": not reject})
             if refused:
-                err.print(f"[red]{run.name}: the server refused the answer: {refused}[/]")
+                err.print(f"[red]{escape(run.name)}: the server refused the answer: "
+                          f"{escape(refused)}[/]")
                 return 1
-            console.print(f"{run.name}: {'rejected' if reject else 'approved'}")
+            console.print(Text(f"{run.name}: {'rejected' if reject else 'approved'}"))
             return 0
 
     raise typer.Exit(asyncio.run(go()))

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class Verdict(str, Enum):
@@ -97,3 +97,33 @@ class Thresholds(BaseModel):
     ses_complaint_crit: float = Field(0.005, ge=0, le=1,
                                       description="SES complaint rate: critical at (0.5%)")
     ses_quota_warn: float = Field(0.8, gt=0, le=1, description="share of the 24 h send quota used: warn at")
+
+    @model_validator(mode="after")
+    def _warn_before_crit(self) -> "Thresholds":
+        """Every figure with a warn and a critical threshold must reach warn first: warn <= crit
+        where higher is worse, warn >= crit where lower is worse (LOWER_IS_WORSE)."""
+        bad = []
+        for figure, warn, crit in threshold_pairs(self):
+            if figure in LOWER_IS_WORSE and warn < crit:
+                bad.append(f"{figure}_warn ({warn:g}) is below {figure}_crit ({crit:g}): lower "
+                           f"is worse, so warn must be at or above crit")
+            elif figure not in LOWER_IS_WORSE and warn > crit:
+                bad.append(f"{figure}_warn ({warn:g}) is above {figure}_crit ({crit:g})")
+        if bad:
+            raise ValueError("a warning threshold must come before its critical one: "
+                             + "; ".join(bad))
+        return self
+
+
+# Figures judged worse the lower they go, should they get a critical threshold beside their
+# warning one (the hit ratio warns below memcache_hit_ratio_warn).
+LOWER_IS_WORSE = frozenset({"memcache_hit_ratio"})
+
+
+def threshold_pairs(thresholds: BaseModel) -> list[tuple[str, float, float]]:
+    """(figure, warn, crit) for every `FIGURE_warn` field that has a `FIGURE_crit` beside it."""
+    return [(name.removesuffix("_warn"), getattr(thresholds, name),
+             getattr(thresholds, name.removesuffix("_warn") + "_crit"))
+            for name in type(thresholds).model_fields
+            if name.endswith("_warn") and name.removesuffix("_warn") + "_crit"
+            in type(thresholds).model_fields]

@@ -4,12 +4,14 @@ One schema serves production (`inventory/production.toml`) and the lab (written 
 up`): code never hard-codes a hostname, port or command. `load_inventory` turns every problem in
 a file into one `InventoryError` naming the file, the entry and what is wrong.
 
-Commands are templates: `bin/restart-webs {delay}`. Only commands named here ever reach a remote
+Commands are templates: `bin/restart-webs {delay}`, each placeholder a bare `{name}` standing as
+its own shell word (`template_problems`). Only commands named here ever reach a remote
 shell, and every value filled into a template is validated and `shlex.quote`d first.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import shlex
@@ -18,7 +20,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 HOST_NAME = r"^[a-z][a-z0-9-]{0,62}$"
 COMMAND_NAME = r"^[a-z][a-z0-9_]{0,62}$"
@@ -108,6 +110,10 @@ class Database(Strict):
     user: str
     password: SecretRef
     schwartz_db: str = "dw_schwartz"
+    ssl_ca: str | None = Field(
+        None, min_length=1,
+        description="a PEM CA bundle (RDS: AWS's global bundle): the connection then requires "
+                    "TLS and verifies the server's certificate and name against it")
     connect_timeout: float = Field(5.0, gt=0, le=60)
     read_timeout: float = Field(10.0, gt=0, le=300)
 
@@ -143,10 +149,28 @@ class Aws(Strict):
     alb: Alb
 
 
+def _network(text: str) -> str:
+    try:
+        ipaddress.ip_network(text, strict=True)
+    except ValueError as e:
+        raise ValueError(f"{text!r} is not a network (CIDR): {e}") from None
+    return text
+
+
+NeverBlockName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,62}$")]
+Networks = Annotated[list[Annotated[str, AfterValidator(_network)]],
+                     Field(min_length=1, max_length=100, description="CIDRs")]
+
+
 class Inventory(Strict):
     name: str
     description: str = ""
     ssh: SshDefaults
+    never_block: dict[NeverBlockName, Networks] = Field(
+        default_factory=dict,
+        description="name -> networks (CIDRs) block-address never blocks, whatever its "
+                    "parameters: a block that covers or overlaps one is refused (production: "
+                    "the admin and office networks)")
     commands: dict[str, CommandTemplate] = Field(
         default_factory=dict, description="read-only commands every host allows"
     )
@@ -196,6 +220,11 @@ class Inventory(Strict):
         except KeyError:
             raise KeyError(f"inventory {self.name!r} has no host {name!r}") from None
 
+    def never_block_networks(self) -> list[tuple[str, ipaddress.IPv4Network | ipaddress.IPv6Network]]:
+        """(entry, network) for every network of `never_block`, in inventory order."""
+        return [(entry, ipaddress.ip_network(cidr)) for entry, cidrs in self.never_block.items()
+                for cidr in cidrs]
+
     def hosts_with_role(self, role: str) -> list[str]:
         return [n for n, h in self.hosts.items() if role in h.roles]
 
@@ -240,13 +269,59 @@ def _template_problems(entry: str, name: str, template: str) -> list[tuple[str, 
     problems = []
     if not re.match(COMMAND_NAME, name):
         problems.append((entry, "command names are lower_snake_case"))
-    try:
-        fields = _placeholders(template)
-    except ValueError as e:
-        return [(entry, f"bad template {template!r}: {e}")]
-    for f in fields:
-        if not re.match(r"^[a-z_][a-z0-9_]*$", f):
-            problems.append((entry, f"placeholder {{{f}}} must be a plain name"))
+    return problems + [(entry, p) for p in template_problems(template)]
+
+
+PLACEHOLDER_NAME = re.compile(r"[a-z_][a-z0-9_]*")
+WORD_BREAKS = ("", " ", "\t", "\n")  # what may stand right before and after a placeholder
+
+
+def template_problems(template: str) -> list[str]:
+    """What makes a command template unsafe or unusable (an empty list when it is fine).
+
+    A value is filled in `shlex.quote`d, which keeps it one word only where the shell reads the
+    quoted value as a word of its own. So the one placeholder form is a bare `{name}` standing
+    as its own shell word: outside any quotes, with white space or the template's ends on both
+    sides. Refused: `{x!r}` and `{x:>5}` (str.format would change the quoted text), `{x[0]}`,
+    `{x.y}`, `{0}`, `{}`; `"{x}"`, `'{x}'` and `"a {x} b"` (inside quotes the quoting is literal
+    text: `'{x}'` leaves the value unquoted); `--opt={x}`, `\\{x}`, `$({x})` (glued to other
+    text). `{{` and `}}` are literal braces anywhere."""
+    problems: list[str] = []
+    quote = ""  # the quote the shell is inside at this point: "", "'" or '"'
+    i = 0
+    while i < len(template):
+        c = template[i]
+        if template.startswith(("{{", "}}"), i):
+            i += 2
+            continue
+        if c == "{":
+            end = template.find("}", i)
+            if end < 0:
+                return problems + [f"bad template {template!r}: unmatched '{{' (write '{{{{' "
+                                   f"for a literal brace)"]
+            shown = template[i:end + 1]
+            if not PLACEHOLDER_NAME.fullmatch(template[i + 1:end]):
+                problems.append(f"placeholder {shown} must be a plain name: a bare {{name}}, "
+                                f"with no conversion, format spec, index or attribute")
+            elif quote:
+                problems.append(f"placeholder {shown} is inside {quote} quotes: a quoted "
+                                f"placeholder would defeat the shell quoting of its value "
+                                f"(write it bare, as its own word)")
+            elif template[i - 1:i] not in WORD_BREAKS or template[end + 1:end + 2] not in WORD_BREAKS:
+                problems.append(f"placeholder {shown} must stand as its own shell word (white "
+                                f"space or the template's ends on both sides)")
+            i = end + 1
+            continue
+        if c == "}":
+            problems.append(f"bad template {template!r}: unmatched '}}' (write '}}}}' for a "
+                            f"literal brace)")
+        elif c == "\\" and quote != "'" and template[i + 1:i + 2] not in ("{", "}"):
+            i += 1  # the next character is escaped (braces are str.format's, read first)
+        elif c in "'\"" and quote in ("", c):
+            quote = "" if quote else c
+        i += 1
+    if quote:
+        problems.append(f"bad template {template!r}: unterminated {quote} quote")
     return problems
 
 
@@ -272,10 +347,17 @@ def load_inventory(path: str | Path) -> Inventory:
         raise InventoryError(path, [("", "not UTF-8 text")]) from None
     except tomllib.TOMLDecodeError as e:
         raise InventoryError(path, [("", f"not valid TOML: {e}")]) from None
+    except RecursionError:  # tomllib parses nested arrays and tables recursively
+        raise InventoryError(path, [("", TOO_DEEP)]) from None
     try:
         return Inventory.model_validate(data)
     except ValidationError as e:
         raise InventoryError(path, [p for err in e.errors() for p in _describe(err)]) from None
+    except RecursionError:
+        raise InventoryError(path, [("", TOO_DEEP)]) from None
+
+
+TOO_DEEP = "arrays or tables nested too deeply to read (an inventory needs a few levels)"
 
 
 MAX_INVENTORY_BYTES = 1_000_000

@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from enum import Enum
 from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool
 
 SAFE_TEXT = r"^[A-Za-z0-9 _.,:;()/#@+=-]*$"
 
@@ -36,15 +36,21 @@ def default_inventory() -> str:
 
 class ChangeParams(BaseModel):
     """Parameters every change flow takes. Unknown keys are refused: a misspelt parameter must
-    never silently fall back to its default."""
+    never silently fall back to its default. Safety flags (`dry_run`, `emergency`, `restart`,
+    `allow_broad`, ...) are StrictBool: only JSON true/false, never "yes", "true" or 1."""
 
     model_config = ConfigDict(extra="forbid")
 
     inventory: str = Field(default_factory=default_inventory, min_length=1, max_length=500, pattern=r"^[A-Za-z0-9_./~-]+$",
                            description="`lab`, `production`, or the path of an inventory file")
-    dry_run: bool = Field(False, description="compute and publish the plan, change nothing")
+    dry_run: StrictBool = Field(False, description="compute and publish the plan, change nothing")
     reason: str = Field("", max_length=200, pattern=SAFE_TEXT,
                         description="why this runs (shown in the report)")
+
+    def check_inventory(self, inventory: Any) -> None:
+        """Raise BadParameters for what `inventory` lacks or forbids (a host it does not have, an
+        address it never blocks). Pure. `dwops run` calls it before any run exists (exit 2), the
+        flow again at its start (a run created through the API). Flows override it."""
 
 
 class EmergencyParams(ChangeParams):
@@ -52,8 +58,9 @@ class EmergencyParams(ChangeParams):
 
     NEEDS_APPROVAL_FOR: ClassVar[str] = "its emergency path"
 
-    emergency: bool = Field(False, description="take the emergency path the notes allow: the "
-                                               "run pauses until an operator approves it")
+    emergency: StrictBool = Field(False, description="take the emergency path the notes allow: "
+                                                     "the run pauses until an operator approves "
+                                                     "it")
 
 
 @dataclass(frozen=True)
@@ -245,7 +252,13 @@ def _figures(figures: dict[str, Any]) -> str:
 
 
 class BadParameters(ValueError):
-    """Parameters that name what the inventory does not have: refused before any host is touched."""
+    """Parameters that name what the inventory does not have, or that it forbids: refused before
+    any run exists (`dwops run`) and again at a run's start, before any host is touched.
+    `field` names the parameter at fault ('' when it is the set as a whole)."""
+
+    def __init__(self, message: str, field: str = ""):
+        super().__init__(message)
+        self.field = field
 
 
 def hosts_of(inventory: Any, service: str, wanted: list[str] | None) -> list[str]:
@@ -256,13 +269,21 @@ def hosts_of(inventory: Any, service: str, wanted: list[str] | None) -> list[str
     unknown = [h for h in wanted if h not in hosts]
     if unknown:
         raise BadParameters(f"{', '.join(unknown)}: not a {service} host of inventory "
-                            f"{inventory.name!r} ({', '.join(hosts)})")
+                            f"{inventory.name!r} ({', '.join(hosts)})", "hosts")
     return [h for h in hosts if h in wanted]
 
 
-HOST_LIST = Field(default_factory=list, max_length=50,
+def _named_once(names: list[str]) -> list[str]:
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"{', '.join(repeated)} named more than once")
+    return names
+
+
+HOST_LIST = Field(default_factory=list, max_length=50, json_schema_extra={"uniqueItems": True},
                   description="only these hosts (default: every host of the service)")
 HostName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,62}$", description="an inventory host")]
+HostNames = Annotated[list[HostName], AfterValidator(_named_once)]  # each host at most once
 
 
 @asynccontextmanager

@@ -6,8 +6,11 @@ to; this flow changes only that set's addresses and its expiry tags.
 
 1. Validate the parameters: every address is an IPv4/IPv6 address or CIDR (normalised to CIDR
    form); blocking refuses loopback, private (RFC 1918, ULA), shared (RFC 6598), link-local,
-   multicast, unspecified and reserved ranges, /0, and anything broader than /16 (IPv4) or /48
-   (IPv6) unless `allow_broad` - all before anything is read.
+   multicast, unspecified and reserved ranges, /0, anything broader than /16 (IPv4) or /48
+   (IPv6) unless `allow_broad` (`is_broad`), and anything broader than /12 (IPv4) or /32 (IPv6)
+   even with it (the floor, `FLOOR`) - all before anything is read. Then, against the inventory:
+   a block that covers or overlaps a network of its `never_block` list (production: the admin
+   and office networks) is refused, naming the entry; no parameter overrides that.
 2. Read the IP set (addresses, LockToken, expiry tags) and compute the plan from it; publish the
    plan. A dry run stops here.
 3. Gates before blocking: the addresses fit the set's IP version, none covers an inventory host,
@@ -38,11 +41,12 @@ from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
 
 from prefect import flow, get_run_logger
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, StrictBool, ValidationError, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from dwops.inventory import Inventory, resolve_inventory
-from dwops.runbook import ChangeParams, Gate, Outcome, Plan, Report, Step, finish, publish_plan
+from dwops.runbook import (BadParameters, ChangeParams, Gate, Outcome, Plan, Report, Step, finish,
+                           publish_plan)
 from tasks.aws import (WAF_MAX_ADDRESSES, WAF_MAX_TAGS, AwsError, IpSetState, clear_waf_expiries,
                        format_expiry, read_waf_ip_set_state, set_waf_expiries, update_waf_ip_set)
 from tasks.common import attempt
@@ -76,6 +80,10 @@ REFUSED_RANGES: tuple[tuple[Network, str], ...] = tuple(
     ))
 IPV6_GLOBAL_UNICAST = ipaddress.ip_network("2000::/3")
 BROADEST = {4: 16, 6: 48}  # the broadest prefix blocked without allow_broad
+# The broadest prefix ever blocked, allow_broad or not: a /12 is 1,048,576 IPv4 addresses (the
+# size of a large hosting provider's range), a /32 an ISP's whole IPv6 allocation. Anything
+# broader would cut off a share of the internet, not an attacker.
+FLOOR = {4: 12, 6: 32}
 ADDRESS_TEXT = re.compile(r"^[0-9A-Fa-f:.]{2,45}(/[0-9]{1,3})?$")
 
 
@@ -98,6 +106,12 @@ def parse_address(text: str) -> tuple[Network | None, str]:
         return None, "not an IP address or CIDR"
 
 
+def is_broad(net: Network) -> bool:
+    """A block broader than /16 (IPv4) or /48 (IPv6): it needs allow_broad (and is refused
+    broader than the FLOOR whatever the parameters)."""
+    return net.prefixlen < BROADEST[net.version]
+
+
 def refusal(net: Network, allow_broad: bool = False) -> str:
     """Why `net` must not be blocked ("" when it may be)."""
     if net.prefixlen == 0:
@@ -110,9 +124,13 @@ def refusal(net: Network, allow_broad: bool = False) -> str:
         return f"contains {what} addresses ({refused})"
     if net.version == 6 and not net.subnet_of(IPV6_GLOBAL_UNICAST):  # type: ignore[arg-type]
         return f"is reserved (outside global unicast {IPV6_GLOBAL_UNICAST})"
-    broadest = BROADEST[net.version]
-    if net.prefixlen < broadest and not allow_broad:
-        return (f"is broader than /{broadest} ({net.num_addresses:,} addresses); "
+    floor = FLOOR[net.version]
+    if net.prefixlen < floor:
+        return (f"is broader than /{floor} ({net.num_addresses:,} addresses): nothing broader "
+                f"than /{FLOOR[4]} (IPv4) or /{FLOOR[6]} (IPv6) is ever blocked, even with "
+                f"allow_broad")
+    if is_broad(net) and not allow_broad:
+        return (f"is broader than /{BROADEST[net.version]} ({net.num_addresses:,} addresses); "
                 f"set allow_broad=true if that is meant")
     return ""
 
@@ -132,8 +150,9 @@ class BlockAddressParams(ChangeParams):
         default_factory=list, max_length=50,
         description="1 to 50 addresses or CIDRs for block/unblock (normalised to CIDR form); "
                     "none for expire")
-    allow_broad: bool = Field(False, description="allow blocking a prefix broader than /16 "
-                                                 "(IPv4) or /48 (IPv6)")
+    allow_broad: StrictBool = Field(False, description="allow blocking a prefix broader than /16 "
+                                                       "(IPv4) or /48 (IPv6), down to /12 and "
+                                                       "/32 at the broadest")
     expires_in_hours: int | None = Field(
         None, ge=1, le=8760, description="block only: remove the addresses again after this "
                                          "many hours (at the next scheduled `expire` run)")
@@ -168,6 +187,16 @@ class BlockAddressParams(ChangeParams):
             raise ValidationError.from_exception_data(type(self).__name__, errors)
         self.addresses = normalised
         return self
+
+    def is_broad(self) -> bool:
+        """Whether this run blocks a broad range (`is_broad`): what allow_broad allows."""
+        return self.action == "block" and any(is_broad(ipaddress.ip_network(a))
+                                               for a in self.addresses)
+
+    def check_inventory(self, inventory: Inventory) -> None:
+        """A block touching the inventory's never_block networks is refused, whatever else."""
+        if self.action == "block" and (hits := never_blocked(self.addresses, inventory)):
+            raise BadParameters("; ".join(hits), "addresses")
 
 
 # -- gates (pure) -------------------------------------------------------------------------------
@@ -230,6 +259,21 @@ def fits_the_set(cidrs: Sequence[str], version: str, set_name: str) -> Gate:
     return Gate("fits the IP set", True, f"every address is {version or 'of the set'}")
 
 
+def never_blocked(cidrs: Sequence[str], inventory: Inventory) -> list[str]:
+    """Each address that covers or overlaps a network of the inventory's never_block list,
+    naming the entry (an empty list: none does)."""
+    hits = []
+    for cidr in cidrs:
+        net = ipaddress.ip_network(cidr)
+        for entry, kept in inventory.never_block_networks():
+            if kept.version == net.version and net.overlaps(kept):
+                how = "covers" if kept.subnet_of(net) else "is inside"  # type: ignore[arg-type]
+                hits.append(f"refused: {cidr} {how} {kept}, never_block entry {entry!r} of "
+                            f"inventory {inventory.name!r} (never blocked, whatever the "
+                            f"parameters)")
+    return hits
+
+
 def covers_no_inventory_host(cidrs: Sequence[str], known: Mapping[str, str]) -> Gate:
     """Never block our own hosts (the inventory's addresses: hosts, database, ALB targets)."""
     hits = []
@@ -277,7 +321,8 @@ def plan_block_address(params: BlockAddressParams, state: IpSetState, inventory_
             g = address_is_not_blocked(cidr, addresses)
             steps.append(Step(cidr, "block", f"add to {set_name}{expires}" if g.ok
                               else f"skip: {g.reason}"))
-        gates = ["addresses fit the set's IP version", "no address covers an inventory host",
+        gates = ["no address touches the inventory's never_block networks (checked first)",
+                 "addresses fit the set's IP version", "no address covers an inventory host",
                  f"the set stays within {WAF_MAX_ADDRESSES} addresses",
                  f"the set's tags stay within {WAF_MAX_TAGS}",
                  "an address already blocked is skipped"]
@@ -312,8 +357,10 @@ def plan_block_address(params: BlockAddressParams, state: IpSetState, inventory_
 async def block_address(params: BlockAddressParams) -> dict[str, Any]:
     log = get_run_logger()
 
-    # 1. Inventory (the parameters were validated before the run started).
+    # 1. Inventory (the parameters were validated before the run started), and its never_block
+    #    networks (refused before anything is read).
     inventory = resolve_inventory(params.inventory)
+    params.check_inventory(inventory)
     now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
 
     # 2. Read the IP set; plan from it.

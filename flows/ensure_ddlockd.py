@@ -21,18 +21,21 @@ from typing import Any
 from prefect import flow, get_run_logger
 from pydantic import Field
 
-from dwops.inventory import resolve_inventory
-from dwops.runbook import (HOST_LIST, ChangeParams, HostName, Gate, Outcome, Plan, Report, Step, finish,
-                          hosts_of, publish_plan)
+from dwops.inventory import Inventory, resolve_inventory
+from dwops.runbook import (HOST_LIST, ChangeParams, Gate, HostNames, Outcome, Plan, Report, Step,
+                           finish, hosts_of, publish_plan)
 from tasks.common import per_host
 from tasks.ddlockd import DdlockdStatus, read_ddlockd_status, start_ddlockd
 from tasks.ssh import ssh_session
 
 
 class EnsureDdlockdParams(ChangeParams):
-    hosts: list[HostName] = HOST_LIST
+    hosts: HostNames = HOST_LIST
     verify_seconds: float = Field(10, ge=1, le=120,
                                   description="how long a started daemon has to answer `status`")
+
+    def check_inventory(self, inventory: Inventory) -> None:
+        hosts_of(inventory, "ddlockd", self.hosts)
 
 
 @flow(name="ensure-ddlockd", description="Start any ddlockd that is down; never restart one.")
@@ -41,6 +44,7 @@ async def ensure_ddlockd(params: EnsureDdlockdParams = EnsureDdlockdParams()) ->
 
     # 1. Inventory and hosts.
     inventory = resolve_inventory(params.inventory)
+    params.check_inventory(inventory)
     hosts = hosts_of(inventory, "ddlockd", params.hosts)
     port = inventory.service("ddlockd").port or 7002
 

@@ -27,11 +27,11 @@ import time
 from typing import Any
 
 from prefect import flow, get_run_logger
-from pydantic import Field, model_validator
+from pydantic import Field, StrictBool, model_validator
 
 from dwops.errors import Unavailable
-from dwops.inventory import resolve_inventory
-from dwops.runbook import (HOST_LIST, ChangeParams, Gate, HostName, Outcome, Plan, Report, Step,
+from dwops.inventory import Inventory, resolve_inventory
+from dwops.runbook import (HOST_LIST, ChangeParams, Gate, HostNames, Outcome, Plan, Report, Step,
                            finish, hosts_of, publish_plan)
 from tasks.common import per_host
 from tasks.gearman import (DEFAULT_PORT, GearmanProtocolError, GearmanReading, read_gearman,
@@ -44,11 +44,13 @@ Reading = GearmanReading | Exception  # a reading, or why there is none
 
 
 class EnsureGearmanParams(ChangeParams):
-    hosts: list[HostName] = HOST_LIST
-    restart: bool = Field(False, description="also restart job servers that are running (each "
-                                             "loses the background jobs it holds in memory)")
-    accept_lost_jobs: bool = Field(False, description="with restart: go ahead even when servers "
-                                                      "hold queued jobs (the run names them)")
+    hosts: HostNames = HOST_LIST
+    restart: StrictBool = Field(False, description="also restart job servers that are running "
+                                                   "(each loses the background jobs it holds in "
+                                                   "memory)")
+    accept_lost_jobs: StrictBool = Field(False, description="with restart: go ahead even when "
+                                                            "servers hold queued jobs (the run "
+                                                            "names them)")
     verify_seconds: float = Field(10, ge=1, le=120,
                                   description="how long a started server has to answer "
                                               "`version` and `status` (and, after a restart, "
@@ -61,6 +63,9 @@ class EnsureGearmanParams(ChangeParams):
                              "(starting a server that is down loses nothing)")
         return self
 
+    def check_inventory(self, inventory: Inventory) -> None:
+        hosts_of(inventory, "gearman", self.hosts)
+
 
 @flow(name="ensure-gearman",
       description="Start any gearman job server that is down; restart running ones only "
@@ -70,6 +75,7 @@ async def ensure_gearman(params: EnsureGearmanParams = EnsureGearmanParams()) ->
 
     # 1. Inventory and hosts.
     inventory = resolve_inventory(params.inventory)
+    params.check_inventory(inventory)
     hosts = hosts_of(inventory, "gearman", params.hosts)
     port = inventory.service("gearman").port or DEFAULT_PORT
     if params.reason:

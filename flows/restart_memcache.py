@@ -48,9 +48,9 @@ from prefect import flow, get_run_logger
 from pydantic import Field, model_validator
 
 from dwops.errors import Unavailable
-from dwops.inventory import resolve_inventory
-from dwops.runbook import (maintenance, HOST_LIST, BadParameters, ChangeParams, Gate, HostName, Outcome, Plan,
-                           Report, Step, finish, hosts_of, publish_plan)
+from dwops.inventory import Inventory, resolve_inventory
+from dwops.runbook import (maintenance, HOST_LIST, BadParameters, ChangeParams, Gate, HostNames, Outcome,
+                           Plan, Report, Step, finish, hosts_of, publish_plan)
 from tasks.aws import AwsError, MetricPoint, read_aurora_metrics
 from tasks.common import attempt
 from tasks.database import DatabaseRefused, DbLoad, read_db_load
@@ -68,7 +68,7 @@ CPU_MAX_AGE = 300.0
 
 
 class RestartMemcacheParams(ChangeParams):
-    hosts: list[HostName] = HOST_LIST
+    hosts: HostNames = HOST_LIST
     # thresholds: the database must be under every one of them before a node is restarted
     max_threads_running: int = Field(10, ge=1, le=10_000, description=(
         "start a node's restart only while the database has fewer threads running than this"))
@@ -106,6 +106,13 @@ class RestartMemcacheParams(ChangeParams):
             raise ValueError("a ceiling must be at or above its threshold: " + "; ".join(bad))
         return self
 
+    def check_inventory(self, inventory: Inventory) -> None:
+        for h in hosts_of(inventory, "memcached", self.hosts):
+            try:
+                inventory.command(h, "memcached.restart")
+            except KeyError as e:
+                raise BadParameters(e.args[0], "inventory") from None
+
 
 @flow(name=FLOW, description="Restart memcached nodes one at a time while the database can take "
                              "it; stop if its load crosses a ceiling.")
@@ -115,13 +122,9 @@ async def restart_memcache(params: RestartMemcacheParams = RestartMemcacheParams
 
     # 1. Inventory and hosts.
     inventory = resolve_inventory(params.inventory)
+    params.check_inventory(inventory)
     hosts = hosts_of(inventory, "memcached", params.hosts)
     every_node = inventory.hosts_for("memcached")
-    for h in hosts:
-        try:
-            inventory.command(h, "memcached.restart")
-        except KeyError as e:
-            raise BadParameters(e.args[0]) from None
 
     # 2. The plan.
     plan = plan_restarts(inventory.name, hosts, params)

@@ -41,8 +41,8 @@ from pydantic import Field, model_validator
 
 from dwops.approval import decide_emergency
 from dwops.inventory import Inventory, resolve_inventory
-from dwops.runbook import (maintenance, HOST_LIST, BadParameters, EmergencyParams, Gate, HostName, Outcome, Plan,
-                           Report, Step, finish, hosts_of, publish_plan)
+from dwops.runbook import (maintenance, HOST_LIST, BadParameters, EmergencyParams, Gate, HostNames, Outcome,
+                           Plan, Report, Step, finish, hosts_of, publish_plan)
 from tasks.aws import TargetState, deregister_web, read_target_health, read_web_target, register_web
 from tasks.common import attempt
 from tasks.ssh import ssh_session
@@ -60,7 +60,7 @@ OUT_OF_ROTATION = frozenset({"unregistered", "draining", "unused"})
 class RestartWebsParams(EmergencyParams):
     """Which webs, how far apart, and how long each wait may last."""
 
-    hosts: list[HostName] = HOST_LIST
+    hosts: HostNames = HOST_LIST
     delay: float = Field(5, ge=0, le=600,
                          description="seconds between one web (or group) back in the ALB and the "
                                      "next one out; 0 is the notes' emergency: every web at once "
@@ -81,7 +81,7 @@ class RestartWebsParams(EmergencyParams):
     alb_healthy_timeout: float = Field(300, ge=1, le=1800,
                                        description="longest wait for the ALB to call a web put "
                                                    "back healthy")
-    put_back: list[HostName] = Field(default_factory=list, max_length=64,
+    put_back: HostNames = Field(default_factory=list, max_length=64,
                                      description="webs left out of the target group by a halted "
                                                  "or crashed run: restarted first, one at a "
                                                  "time, and put back once status=ok")
@@ -99,6 +99,9 @@ class RestartWebsParams(EmergencyParams):
                              "every web in place")
         return self
 
+    def check_inventory(self, inventory: Inventory) -> None:
+        check_against_inventory(inventory, hosts_of(inventory, "web", self.hosts), self)
+
 
 @flow(name=FLOW, description="Restart the webs one at a time (each out of the ALB while it "
                              "restarts); delay=0 restarts every web at once after approval.")
@@ -108,8 +111,8 @@ async def restart_webs(params: RestartWebsParams = RestartWebsParams()) -> dict[
 
     # 1. Inventory, hosts, and the parameters the inventory bounds.
     inventory = resolve_inventory(params.inventory)
+    params.check_inventory(inventory)
     hosts = hosts_of(inventory, "web", params.hosts)
-    check_against_inventory(inventory, hosts, params)
     target_group = inventory.aws.alb.target_group
     groups = [[h] for h in hosts if h in params.put_back] + groups_of(
         [h for h in hosts if h not in params.put_back], params.max_unavailable)
@@ -198,15 +201,15 @@ def check_against_inventory(inventory: Inventory, hosts: list[str],
     if not params.emergency and params.max_unavailable > len(webs) - 1:
         raise BadParameters(f"max_unavailable={params.max_unavailable}: inventory "
                             f"{inventory.name!r} has {len(webs)} webs, at most {len(webs) - 1} "
-                            f"may be out at once")
+                            f"may be out at once", "max_unavailable")
     missing = [h for h in hosts if h not in inventory.aws.alb.targets]
     if missing:
         raise BadParameters(f"{', '.join(missing)}: no target in the ALB's target group "
-                            f"(inventory aws.alb.targets)")
+                            f"(inventory aws.alb.targets)", "hosts")
     unplanned = [h for h in params.put_back if h not in hosts]
     if unplanned:
-        raise BadParameters(f"put_back: {', '.join(unplanned)} not among the webs this run "
-                            f"restarts ({', '.join(hosts)})")
+        raise BadParameters(f"{', '.join(unplanned)} not among the webs this run restarts "
+                            f"({', '.join(hosts)})", "put_back")
 
 
 def groups_of(hosts: list[str], max_unavailable: int) -> list[list[str]]:

@@ -84,6 +84,16 @@ class RestartWorkersParams(EmergencyParams):
                              description="ready jobs the queue may gain over the watch and still "
                                          "count as not growing (new jobs arrive all the time)")
 
+    def check_inventory(self, inventory: Inventory) -> None:
+        try:
+            restart_jobs_host(inventory)
+        except KeyError as e:
+            raise BadParameters(e.args[0], "inventory") from None
+        if missing := freeze_commands_missing(inventory):
+            raise BadParameters(f"inventory {inventory.name!r}: services.workers needs the "
+                                f"commands {' and '.join(missing)} (hold the importers still "
+                                f"for the last read; see inventory/production.toml)", "inventory")
+
 
 @dataclass(frozen=True)
 class BusyImport:
@@ -108,15 +118,9 @@ async def restart_workers(params: RestartWorkersParams = RestartWorkersParams())
 
     # 1. Inventory, jobs hosts and the admin host with restart_jobs.
     inventory = resolve_inventory(params.inventory)
+    params.check_inventory(inventory)
     hosts = inventory.hosts_for("workers")
-    try:
-        admin = restart_jobs_host(inventory)
-    except KeyError as e:
-        raise BadParameters(e.args[0]) from None
-    if missing := freeze_commands_missing(inventory):
-        raise BadParameters(f"inventory {inventory.name!r}: services.workers needs the commands "
-                            f"{' and '.join(missing)} (hold the importers still for the last "
-                            f"read; see inventory/production.toml)")
+    admin = restart_jobs_host(inventory)
     db = inventory.database.address
 
     # 2. The plan.

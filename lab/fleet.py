@@ -145,6 +145,10 @@ def write_inventory(cfg: LabConfig) -> Path:
         'hostname = "hostname"',
         'uptime = "uptime"',
         "",
+        "# block-address never blocks these (production: the admin and office networks)",
+        "[never_block]",
+        *[f'{h.name} = ["{h.address}/32"]' for h in cfg.hosts_with("admin")],
+        "",
     ]
     host_commands = {
         "va-admin01": {"restart_webs": "bin/restart-webs {delay}"},

@@ -17,17 +17,22 @@ PROCESS, nothing else):
 The connection contract: a new connection per read, closed at its end, with explicit connect,
 read and write timeouts (`inventory.database`; the write timeout is the read timeout). The
 password is read through `read_secret` when connecting and is never logged or put in an error.
+With `database.ssl_ca` (RDS), TLS is required: the server's certificate and name are verified
+against that CA bundle, and a server without TLS is refused, never read in the clear.
 Reads run in a thread (`asyncio.to_thread`): pymysql is blocking.
 
 Errors: `DatabaseUnavailable` (an `Unavailable`: refused, reset, gone away, timed out, too many
 connections; safe to retry a read) and `DatabaseRefused` (wrong password, missing privilege,
-unknown database: retrying will not help). The `check_*` tasks turn both into CRIT lines.
+unknown database, no TLS where it is required: retrying will not help), of which
+`DatabaseMisconfigured` is the inventory's settings that cannot be used (a CA file that cannot
+be read): nothing reached the server. The `check_*` tasks turn both into CRIT lines.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -81,6 +86,15 @@ class DatabaseRefused(RuntimeError):
         self.port = port
         self.reason = reason
         self.reached = reached  # False when we never got as far as the server (no password)
+
+
+class DatabaseMisconfigured(DatabaseRefused):
+    """The inventory's database settings cannot be used (`ssl_ca` names a file that cannot be
+    read as a CA bundle): nothing was sent to the server; not transient, never retried."""
+
+    def __init__(self, address: str, port: int, reason: str) -> None:
+        DatabaseRefused.__init__(self, address, port, reason, reached=False)
+        RuntimeError.__init__(self, f"mysql {address}:{port}: configuration error: {reason}")
 
 
 # -- what the reads return -----------------------------------------------------------------------
@@ -337,8 +351,24 @@ def judge_db_load(host: str, load: DbLoad | Unavailable | DatabaseRefused,
 # -- reads ----------------------------------------------------------------------------------------
 
 
+def tls_context(inventory: Inventory) -> ssl.SSLContext | None:
+    """TLS for the database: None without `database.ssl_ca`, else a context that trusts only
+    that CA bundle and verifies the server's certificate and host name (given to pymysql, it
+    makes TLS required). DatabaseMisconfigured when the file cannot be used."""
+    db = inventory.database
+    if db.ssl_ca is None:
+        return None
+    try:
+        return ssl.create_default_context(cafile=db.ssl_ca)
+    except OSError as e:  # FileNotFoundError, PermissionError, ssl.SSLError (no PEM in it)
+        raise DatabaseMisconfigured(db.address, db.port,
+                                    f"database.ssl_ca: cannot use {db.ssl_ca} as a CA bundle "
+                                    f"({e.strerror or e})") from None
+
+
 def _connect(inventory: Inventory, database: str | None) -> pymysql.connections.Connection:
     db = inventory.database
+    tls = tls_context(inventory)
     try:
         password = read_secret(db.password)
     except SecretUnavailable as e:
@@ -349,7 +379,7 @@ def _connect(inventory: Inventory, database: str | None) -> pymysql.connections.
             host=db.address, port=db.port, user=db.user, password=password, database=database,
             connect_timeout=db.connect_timeout, read_timeout=db.read_timeout,
             write_timeout=db.read_timeout, autocommit=True, charset="utf8mb4",
-            cursorclass=pymysql.cursors.DictCursor,
+            cursorclass=pymysql.cursors.DictCursor, **({"ssl": tls} if tls else {}),
         )
     except pymysql.MySQLError as e:
         raise _translate(inventory, e) from None

@@ -15,7 +15,8 @@ The connection contract:
   Connections never outlive the pool or cross event loops.
 - Only commands named in the inventory run (`Inventory.command`), their values shell-quoted.
 - `SshUnavailable` marks transient trouble (refused, reset, timed out): safe to retry a read.
-  `HostKeyRejected` and `SshAuthFailed` are not transient.
+  `HostKeyRejected`, `SshAuthFailed` and `SshConfigError` (a known_hosts file that cannot be
+  read, checked before any connection) are not transient and never retried.
 """
 
 from __future__ import annotations
@@ -59,6 +60,11 @@ class HostKeyRejected(SshError):
 
 class SshAuthFailed(SshError):
     """The host refused our key."""
+
+
+class SshConfigError(SshError):
+    """The inventory's SSH settings cannot be used (its known_hosts file cannot be read):
+    nothing can connect until an operator fixes it, so it is never retried."""
 
 
 @dataclass(frozen=True)
@@ -146,10 +152,18 @@ class SshPool:
             self._key = asyncssh.import_private_key(read_secret(self.inventory.ssh.client_key))
         return self._key
 
-    def _host_keys(self) -> asyncssh.SSHKnownHosts:
-        """The inventory's known_hosts, read once per pool (OSError if it cannot be read)."""
+    def _host_keys(self, host: str) -> asyncssh.SSHKnownHosts:
+        """The inventory's known_hosts, read once per pool; SshConfigError if it cannot be read
+        (a missing file is the operator's to fix, not a host that is down)."""
         if self._known_hosts is None:
-            self._known_hosts = asyncssh.read_known_hosts(self.inventory.ssh.known_hosts)
+            path = self.inventory.ssh.known_hosts
+            try:
+                self._known_hosts = asyncssh.read_known_hosts(path)
+            except OSError as e:
+                raise SshConfigError(host, f"configuration error: cannot read the known_hosts "
+                                           f"file {path} (ssh.known_hosts: {e.strerror}); host "
+                                           f"keys are always verified, so nothing connects "
+                                           f"without it") from None
         return self._known_hosts
 
     async def connection(self, host: str) -> asyncssh.SSHClientConnection:
@@ -168,11 +182,12 @@ class SshPool:
     async def _connect(self, host: str) -> asyncssh.SSHClientConnection:
         address, port, user = self.inventory.ssh_target(host)
         ssh = self.inventory.ssh
+        known_hosts = self._host_keys(host)
         try:
             return await asyncssh.connect(
                 address, port, username=user,
                 client_keys=[self._client_key()],
-                known_hosts=self._host_keys(),
+                known_hosts=known_hosts,
                 connect_timeout=ssh.connect_timeout,
                 kex_algs=ssh.kex_algorithms,
                 agent_path=None, config=[], preferred_auth="publickey",

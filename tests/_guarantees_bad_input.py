@@ -147,7 +147,8 @@ def _field_sets(flow: str, fname: str, annotation: Any, metadata: list[Any],
         return out
 
     if annotation is bool:
-        for value in ("maybe", 2, -1, 0.5, [], {}, None, f"true;touch {PWNED}", "tru\u0435"):
+        for value in ("maybe", 2, -1, 0.5, [], {}, None, f"true;touch {PWNED}", "tru\u0435",
+                      "yes", "no", "true", "false", "on", 1, 0):  # strict: JSON true/false only
             out.append(bad(value, f"= {value!r} (not a boolean)", shown=value))
         return out
 
@@ -254,10 +255,24 @@ def _unknown_fields(flow: str, model: type[BaseModel]) -> list[BadSet]:
 def _cross_field(flow: str) -> list[BadSet]:
     """The rules across fields each model enforces (its model validators)."""
     rules: dict[str, list[tuple[dict[str, Any], str, tuple[str, ...]]]] = {
+        "fleet-status": [
+            ({"thresholds": {"schwartz_ready_warn": 400}}, "ready jobs warn above crit",
+             ("schwartz_ready_warn", "schwartz_ready_crit")),
+            ({"thresholds": {"ses_bounce_warn": 0.5, "ses_bounce_crit": 0.2}},
+             "bounce rate warn above crit", ("ses_bounce_warn", "ses_bounce_crit")),
+        ],
         "restart-webs": [
             ({"emergency": True, "delay": 5}, "emergency with a delay", ("emergency", "delay")),
             ({"min_drain_seconds": 40, "drain_seconds": 30}, "min drain over drain",
              ("min_drain_seconds", "drain_seconds")),
+            ({"hosts": ["va-web01", "va-web02", "va-web01"]}, "a web named twice",
+             ("hosts", "va-web01 named more than once")),
+            ({"put_back": ["va-web03", "va-web03"]}, "a web put back twice",
+             ("put_back", "va-web03 named more than once")),
+        ],
+        "ensure-ddlockd": [
+            ({"hosts": ["dfw-jobs02", "dfw-jobs02"]}, "a host named twice",
+             ("hosts", "dfw-jobs02 named more than once")),
         ],
         "ensure-gearman": [
             ({"accept_lost_jobs": True}, "accept_lost_jobs without restart",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import time
@@ -21,9 +22,10 @@ SYSTEMS = {"ssh", "gearman", "ddlockd", "workers", "memcached", "schwartz", "aur
            "web", "alb", "postfix", "ses", "cloudfront", "waf"}
 
 
-def dwops_status(*args: str) -> subprocess.CompletedProcess:
+def dwops_status(*args: str, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "dwops.cli", "status", *args],
-                          capture_output=True, text=True, timeout=240, cwd=PROJECT)
+                          capture_output=True, text=True, timeout=240, cwd=PROJECT,
+                          env={**os.environ, **env})
 
 
 def by_key(report: dict) -> dict[tuple[str, str], dict]:
@@ -96,6 +98,41 @@ def test_reports_exactly_what_was_put_into_the_lab(lab: LabConfig, prefect_api: 
     expected = ({("ddlockd", "dfw-jobs02"), ("memcached", "dfw-memc02"), ("ssh", "va-web04")}
                 | {("web", h.name) for h in lab.hosts_with("web")})
     assert crit == expected
+
+
+def test_text_from_hosts_is_printed_as_text_never_as_markup(lab: LabConfig, prefect_api: str):
+    """An import whose user name holds Rich markup (`[/x]` once crashed `dwops status`, `[red]`
+    restyled it) shows in the importer's `ps` title on its jobs host, and so in the table."""
+    user = "[/x][red]markupprobe[/red]"
+    enqueue_import(lab, user, 990002, 30)
+    busy_host = wait_for_busy_import(lab, user)
+    out = dwops_status(COLUMNS="400")  # wide enough that no cell wraps
+    assert out.returncode in (0, 1) and "Traceback" not in out.stderr, out.stderr[-2000:]
+    [row] = [line for line in out.stdout.splitlines() if " workers " in line and busy_host in line]
+    assert f"entries: {user}(990002)" in row, row
+
+
+def test_run_names_and_report_summaries_are_printed_as_text_by_history(prefect_api: str):
+    """`dwops history` prints what the Prefect server holds: a run's name (any API caller sets
+    it) and its report's summary (which quotes hosts), as text."""
+    from prefect import flow
+    from prefect.artifacts import create_markdown_artifact
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    name, summary = "[/x][red]markup-run[/red]", "HALTED: [bold red][/x]from a host[/]"
+
+    @flow(name="markup-probe", flow_run_name=name)
+    def probe() -> None:
+        create_markdown_artifact(key="markup-probe-report", markdown="probe", description=summary)
+
+    with temporary_settings(updates={PREFECT_API_URL: prefect_api}):
+        probe()
+    out = subprocess.run([sys.executable, "-m", "dwops.cli", "history", "markup-probe"],
+                         capture_output=True, text=True, timeout=120, cwd=PROJECT,
+                         env={**os.environ, "PREFECT_API_URL": prefect_api, "COLUMNS": "400"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    [row] = [line for line in out.stdout.splitlines() if "markup-probe" in line and "│" in line]
+    assert name in row and summary in row, row
 
 
 def test_a_bad_inventory_is_refused_before_anything_runs(tmp_path: Path, prefect_api: str):

@@ -9,18 +9,24 @@ changes the set puts it back as it found it (addresses and tags).
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
-from dwops.inventory import Inventory
+from dwops.inventory import Inventory, load_inventory
+from dwops.runbook import BadParameters
 from flows.block_address import (BlockAddressParams, address_is_in_set, address_is_not_blocked,
-                                 covers_no_inventory_host, fits_the_set)
+                                 covers_no_inventory_host, fits_the_set, is_broad, never_blocked)
 from flows.purge_cdn import PurgeCdnParams
+from lab.config import LabConfig
 from tasks.aws import (expiry_tag_key, format_expiry, merge_addresses, parse_expiry_tags,
                        parse_invalidation)
+
+PROJECT = Path(__file__).resolve().parent.parent
 
 # -- parameters and pure parts (no lab) ---------------------------------------------------------
 
@@ -44,7 +50,8 @@ def test_addresses_are_normalised_to_cidr_and_deduplicated() -> None:
     ("224.0.0.1", "multicast"), ("ff02::1", "multicast"), ("0.0.0.0", "unspecified"),
     ("::", "unspecified"), ("240.0.0.1", "reserved"), ("255.255.255.255", "reserved"),
     ("100.64.0.1", "shared address space"), ("0.0.0.0/0", "covers every address"),
-    ("::/0", "covers every address"), ("8.0.0.0/7", "broader than /16"),
+    ("::/0", "covers every address"), ("8.0.0.0/14", "broader than /16"),
+    ("8.0.0.0/7", "broader than /12 (33,554,432 addresses): nothing broader than /12"),
     ("2001:db8::/32", "broader than /48"), ("192.0.0.0/2", "contains"),
 ])
 def test_blocking_what_is_not_the_internet_or_too_broad_is_refused(address: str, why: str) -> None:
@@ -66,11 +73,85 @@ def test_host_bits_are_refused_not_guessed() -> None:
 
 
 def test_allow_broad_allows_breadth_never_private_ranges() -> None:
-    p = BlockAddressParams(action="block", addresses=["203.0.0.0/8", "2001:db8::/32"],
+    p = BlockAddressParams(action="block", addresses=["203.0.0.0/12", "2001:db8::/32"],
                            allow_broad=True)
-    assert p.addresses == ["203.0.0.0/8", "2001:db8::/32"]
+    assert p.addresses == ["203.0.0.0/12", "2001:db8::/32"]
     msgs = refusals(action="block", addresses=["10.0.0.0/8", "0.0.0.0/0"], allow_broad=True)
     assert set(msgs) == {("addresses", 0), ("addresses", 1)}
+
+
+def test_nothing_broader_than_the_floor_is_blocked_even_with_allow_broad() -> None:
+    msgs = refusals(action="block", addresses=["203.0.0.0/11", "8.0.0.0/8", "2001:db8::/31"],
+                    allow_broad=True)
+    assert msgs == {
+        ("addresses", 0): "refused: 203.0.0.0/11 is broader than /12 (2,097,152 addresses): "
+                          "nothing broader than /12 (IPv4) or /32 (IPv6) is ever blocked, even "
+                          "with allow_broad",
+        ("addresses", 1): "refused: 8.0.0.0/8 is broader than /12 (16,777,216 addresses): "
+                          "nothing broader than /12 (IPv4) or /32 (IPv6) is ever blocked, even "
+                          "with allow_broad",
+        ("addresses", 2): "refused: 2001:db8::/31 is broader than /32 (158,456,325,028,528,675,"
+                          "187,087,900,672 addresses): nothing broader than /12 (IPv4) or /32 "
+                          "(IPv6) is ever blocked, even with allow_broad"}
+    # Unblocking stays possible for any entry: what is in the set can always be taken out.
+    assert BlockAddressParams(action="unblock", addresses=["8.0.0.0/8"]).addresses == ["8.0.0.0/8"]
+
+
+@pytest.mark.parametrize("addresses, allow_broad, broad", [
+    (["203.0.113.7"], False, False), (["203.0.0.0/16"], False, False),
+    (["2001:db8:1::/48"], False, False), (["203.0.113.7", "203.0.0.0/15"], True, True),
+    (["203.0.0.0/12"], True, True), (["2001:db8::/47"], True, True),
+])
+def test_is_broad_says_which_blocks_need_allow_broad(addresses: list[str], allow_broad: bool,
+                                                     broad: bool) -> None:
+    params = BlockAddressParams(action="block", addresses=addresses, allow_broad=allow_broad)
+    assert params.is_broad() is broad
+    assert is_broad(ipaddress.ip_network(params.addresses[-1])) is broad
+    if broad:  # exactly what allow_broad=false refuses
+        assert ("addresses", len(addresses) - 1) in refusals(action="block", addresses=addresses)
+    assert BlockAddressParams(action="unblock", addresses=addresses).is_broad() is False
+
+
+def test_the_never_block_networks_are_refused_whatever_the_parameters() -> None:
+    production = load_inventory(PROJECT / "inventory" / "production.toml")
+    assert set(production.never_block) == {"admin", "office"}
+    office = ipaddress.ip_network(production.never_block["office"][0])
+    inside, around = f"{office.network_address + 7}", str(office.supernet(new_prefix=14))
+    for params in (dict(addresses=[inside]), dict(addresses=[around], allow_broad=True),
+                   dict(addresses=["203.0.113.7", inside], expires_in_hours=1, dry_run=True)):
+        p = BlockAddressParams(action="block", **params)
+        with pytest.raises(BadParameters) as e:
+            p.check_inventory(production)
+        assert e.value.field == "addresses"
+        assert f"never_block entry 'office' of inventory 'production'" in str(e.value)
+    assert never_blocked([f"{inside}/32", around], production) == [
+        f"refused: {inside}/32 is inside {office}, never_block entry 'office' of inventory "
+        f"'production' (never blocked, whatever the parameters)",
+        f"refused: {around} covers {office}, never_block entry 'office' of inventory "
+        f"'production' (never blocked, whatever the parameters)"]
+    # Unblocking an address of those networks (blocked by mistake, or before the list) is allowed.
+    BlockAddressParams(action="unblock", addresses=[inside]).check_inventory(production)
+    BlockAddressParams(action="block", addresses=["203.0.113.7"]).check_inventory(production)
+
+
+def labs_inventory_written_to(folder: Path, office: str | None = None) -> Path:
+    """The lab's inventory as `lab up` writes it, into `folder` (from the lab's configuration:
+    nothing of the lab is touched), with a never_block entry `office` when given."""
+    from lab.fleet import write_inventory
+
+    (folder / "lab").mkdir()
+    path = write_inventory(LabConfig.load().model_copy(update={"state_dir": str(folder)}))
+    if office:
+        text = path.read_text()
+        assert text.count("[never_block]\n") == 1
+        path.write_text(text.replace("[never_block]\n", f'[never_block]\noffice = ["{office}"]\n'))
+    return path
+
+
+def test_the_labs_never_block_networks_are_its_admin_hosts(tmp_path: Path) -> None:
+    inventory = load_inventory(labs_inventory_written_to(tmp_path))
+    assert inventory.never_block == {"va-admin01": ["127.10.0.10/32"],
+                                     "dfw-admin01": ["127.20.0.10/32"]}
 
 
 def test_unblock_may_remove_any_entry_but_action_and_fields_must_agree() -> None:
@@ -269,7 +350,7 @@ def test_refused_or_unplaceable_addresses_change_nothing(ip_set: IpSet, dwops_ru
     assert "addresses.1: refused: 10.0.0.0/8 is private (RFC 1918)" in err
     assert "addresses.2: refused: 0.0.0.0/0 covers every address" in err
     assert "addresses.3: not an IP address or CIDR" in err
-    assert "addresses.4: refused: 203.0.0.0/8 is broader than /16" in err
+    assert "addresses.4: refused: 203.0.0.0/8 is broader than /12" in err
     assert ip_set.addresses() == before and ip_set.tags() == tags
 
     # A valid address the set cannot hold (the lab's set is IPV4) halts before any change.
@@ -294,6 +375,52 @@ def test_refused_or_unplaceable_addresses_change_nothing(ip_set: IpSet, dwops_ru
     assert report["halted"] == "cannot read IP set dw-blocked-ips"
     [gate] = report["gates"]
     assert not gate["ok"] and "unavailable" in gate["reason"]
+    assert ip_set.addresses() == before and ip_set.tags() == tags
+
+
+def test_a_never_block_network_is_refused_before_anything_is_read(ip_set: IpSet, dwops_run,
+                                                                  prefect_api: str,
+                                                                  tmp_path: Path, monkeypatch):
+    """The lab's inventory with a documentation network as never_block entry 'office' (as
+    production's office network): blocks that cover or fall inside it are refused with exit 2
+    before any run exists, whatever the parameters; and a run that skips the CLI's check (as one
+    created through the API does) is refused by the flow itself. The set never changes."""
+    import asyncio
+
+    from prefect.logging.handlers import APILogHandler
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from dwops.inventory import PATHS_ALLOWED
+    from flows.block_address import block_address
+
+    before, tags = ip_set.addresses(), ip_set.tags()
+    inventory = labs_inventory_written_to(tmp_path, office="203.0.113.128/25")
+    for params, wanted in (
+            (['addresses=["203.0.113.0/24"]', "allow_broad=true", "expires_in_hours=1"],
+             "addresses: refused: 203.0.113.0/24 covers 203.0.113.128/25, never_block entry "
+             "'office' of inventory 'lab' (never blocked, whatever the parameters)"),
+            (['addresses=["203.0.113.7", "203.0.113.200"]', "dry_run=true"],
+             "refused: 203.0.113.200/32 is inside 203.0.113.128/25, never_block entry 'office'")):
+        rc, report, err = dwops_run("block-address", "action=block", *params,
+                                    f"inventory={inventory}")
+        assert (rc, report) == (2, None), err[-2000:]
+        assert wanted in " ".join(err.split()), err[-2000:]
+        assert ip_set.addresses() == before and ip_set.tags() == tags
+
+    # The same inventory takes a block outside the entry (a dry run: nothing changes).
+    rc, report, err = dwops_run("block-address", "action=block", 'addresses=["203.0.113.7"]',
+                                "dry_run=true", f"inventory={inventory}")
+    assert rc == 0 and report["dry_run"], err[-2000:]
+
+    monkeypatch.setenv(PATHS_ALLOWED, "allow")
+    params = BlockAddressParams(action="block", addresses=["203.0.113.129"],
+                                inventory=str(inventory))
+    with temporary_settings(updates={PREFECT_API_URL: prefect_api}):
+        state = asyncio.run(block_address(params, return_state=True))
+        asyncio.run(APILogHandler.aflush())  # its logs reach this server, not a later one
+    refused = state.result(raise_on_failure=False)
+    assert state.is_failed() and isinstance(refused, BadParameters), refused
+    assert "203.0.113.129/32 is inside 203.0.113.128/25, never_block entry 'office'" in str(refused)
     assert ip_set.addresses() == before and ip_set.tags() == tags
 
 

@@ -45,7 +45,7 @@ def test_dry_run_plans_and_changes_nothing(lab: LabConfig, dwops_run):
 
 def test_unknown_host_and_bad_values_are_refused_before_any_ssh(lab: LabConfig, dwops_run):
     rc, report, err = dwops_run("ensure-ddlockd", 'hosts=["dfw-jobs09"]')
-    assert rc == 1 and "dfw-jobs09: not a ddlockd host of inventory 'lab'" in err
+    assert rc == 2 and "hosts: dfw-jobs09: not a ddlockd host of inventory 'lab'" in err
     rc, report, err = dwops_run("ensure-ddlockd", "verify_seconds=-1")
     assert rc == 2 and "verify_seconds" in err
     rc, report, err = dwops_run("ensure-ddlockd", 'hosts=["dfw-jobs01; reboot"]')

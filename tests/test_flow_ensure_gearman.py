@@ -229,5 +229,5 @@ def test_bad_parameters_are_refused_before_any_host_is_touched(lab: LabConfig, d
     rc, err = refused("accept_lost_jobs=true")
     assert rc == 2 and "accept_lost_jobs=true only applies with restart=true" in err
     rc, err = refused('hosts=["dfw-jobs09"]', "restart=true", "accept_lost_jobs=true")
-    assert rc == 1 and "dfw-jobs09: not a gearman host of inventory 'lab'" in err
+    assert rc == 2 and "hosts: dfw-jobs09: not a gearman host of inventory 'lab'" in err
     assert {h: pid(lab, h) for h in pids} == pids

@@ -260,7 +260,7 @@ def test_bad_parameters_are_refused_before_any_node_is_touched(lab: LabConfig, d
     rc, err = refused("sample_seconds=-1", "max_qps=-3", "target_hit_ratio=1.5")
     assert rc == 2 and all(f in err for f in ("sample_seconds", "max_qps", "target_hit_ratio"))
     rc, err = refused('hosts=["dfw-memc09"]')
-    assert rc == 1 and "dfw-memc09: not a memcached host of inventory 'lab'" in err
+    assert rc == 2 and "hosts: dfw-memc09: not a memcached host of inventory 'lab'" in err
     rc, err = refused('hosts=["dfw-memc01; reboot"]')
     assert rc == 2 and "hosts.0" in err
     assert pids(lab) == before

@@ -291,7 +291,7 @@ def test_bad_parameters_are_refused_before_any_ssh(lab: LabConfig, dwops_run):
     rc, _, err = dwops_run("restart-webs", "max_unavailable=0")
     assert rc == 2 and "max_unavailable" in err
     rc, _, err = dwops_run("restart-webs", 'hosts=["va-web01","va-web09"]')
-    assert rc == 1 and "va-web09: not a web host of inventory 'lab'" in err
+    assert rc == 2 and "hosts: va-web09: not a web host of inventory 'lab'" in err
     assert ssh_logins(lab) == logins
     assert {h: pid(lab, h) for h in webs(lab)} == pids
 

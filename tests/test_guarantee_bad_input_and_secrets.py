@@ -72,7 +72,8 @@ def _names_the_field(bad: BadSet, stderr: str) -> str:
 
 
 # Through the real CLI in a subprocess: one set per flow refused by validation, and the sets that
-# pass validation but name what the inventory lacks (refused inside the flow, before any SSH).
+# pass validation but name what the inventory lacks (refused against the inventory, exit 2 too,
+# before any run exists).
 CLI_SAMPLE = [  # (flow, field, part of the set's description)
     ("restart-webs", "hosts", "element with cyrillic homoglyph"),
     ("restart-webs", "reason", "100 000 characters"),
@@ -87,8 +88,9 @@ CLI_SAMPLE = [  # (flow, field, part of the set's description)
 ]
 
 
-def _in_flow_refusals(tmp_path: Path, lab_inventory: Inventory) -> list[tuple[str, list[str], list[str]]]:
-    """(flow, -p arguments, what stderr must say): valid to pydantic, refused by the flow."""
+def _inventory_refusals(tmp_path: Path, lab_inventory: Inventory) -> list[tuple[str, list[str], list[str]]]:
+    """(flow, -p arguments, what stderr must say): valid to pydantic, refused against the
+    inventory (`check_inventory`, or an inventory that cannot be loaded)."""
     bad_inventory = _cross_reference_problems_file(tmp_path)
     key = lab_inventory.ssh.client_key.file
     return [
@@ -110,6 +112,9 @@ def _in_flow_refusals(tmp_path: Path, lab_inventory: Inventory) -> list[tuple[st
         ("purge-cdn", ["paths=[\"/stats/site\"]", "dry_run=true", f"inventory={bad_inventory}"],
          [f"{bad_inventory}: {entry}: {problem}" for entry, problem in CROSS_REFERENCE_PROBLEMS]),
         ("fleet-status", [f"inventory={key}"], [f"{key}: (top level): not valid TOML"]),
+        ("restart-webs", ["inventory=/etc/passwd"], ["/etc/passwd: (top level): not valid TOML"]),
+        ("restart-webs", ["hosts=[\"va-web01\"]", "put_back=[\"va-web02\"]"],
+         ["put_back: va-web02 not among the webs this run restarts (va-web01)"]),
     ]
 
 
@@ -137,17 +142,18 @@ def test_generated_bad_parameters_are_refused_naming_the_field_and_open_no_ssh(
         load_flow(name)[1].model_validate(VALID[name])
     sets = invalid_sets()
     assert len(sets) >= 300 and {s.flow for s in sets} == set(FLOWS)
-    in_flow = _in_flow_refusals(tmp_path, lab_inventory)
+    by_inventory = _inventory_refusals(tmp_path, lab_inventory)
+    runs_before = _flow_runs(prefect_api)
     sample = [next(s for s in sets if s.flow == f and s.field == field and want in s.why)
               for f, field, want in CLI_SAMPLE]
-    assert len(sample) + len(in_flow) >= 20
+    assert len(sample) + len(by_inventory) >= 20
     Path(PWNED).unlink(missing_ok=True)
 
     def validation(bad: BadSet):
         rc, report, err = dwops_run(bad.flow, *cli_params(bad.values), timeout=120)
         return bad, rc, report, err
 
-    def in_flow_run(case):
+    def inventory_run(case):
         name, params, wanted = case
         if "inventory=/dev/zero" in params:
             rc, out, err = _run_cli_limited(prefect_api, name, params)
@@ -163,7 +169,7 @@ def test_generated_bad_parameters_are_refused_naming_the_field_and_open_no_ssh(
             with pytest.raises(ValidationError):
                 load_flow(bad.flow)[1].model_validate(bad.values)
         validations = [pool.submit(validation, bad) for bad in sample]
-        in_flows = [pool.submit(in_flow_run, case) for case in in_flow]
+        inventory_runs = [pool.submit(inventory_run, case) for case in by_inventory]
 
         # 2. ...every generated set is refused by its model, and by the CLI (in-process) with
         #    exit 2 and a message naming the field. Only a refused set is handed to the CLI.
@@ -187,7 +193,7 @@ def test_generated_bad_parameters_are_refused_naming_the_field_and_open_no_ssh(
                 unclear.append(f"{bad.label}: exit {result.exit_code}, {why or result.stdout[:200]}")
         in_process_seconds = time.monotonic() - started
         refused = [f.result() for f in validations]
-        refused_in_flow = [f.result() for f in in_flows]
+        refused_by_inventory = [f.result() for f in inventory_runs]
     cli_seconds = time.monotonic() - started
     assert not not_refused, f"{len(not_refused)} invalid sets accepted: {not_refused[:10]}"
     assert not unclear, f"{len(unclear)} refusals unclear: {unclear[:5]}"
@@ -199,14 +205,15 @@ def test_generated_bad_parameters_are_refused_naming_the_field_and_open_no_ssh(
     for bad, rc, report, err in refused:
         assert rc == 2 and report is None, (bad.label, rc, err[-500:])
         assert not _names_the_field(bad, err), (bad.label, _names_the_field(bad, err))
-    for (name, params, wanted), rc, err in refused_in_flow:
+    assert _flow_runs(prefect_api) == runs_before, "a refused set created a flow run"
+    for (name, params, wanted), rc, err in refused_by_inventory:
         flat = " ".join(err.split())
-        assert rc == 1, (name, params, rc, err[-800:])
+        assert rc == 2 and f"bad parameters for {name}:" in err, (name, params, rc, err[-800:])
         for w in wanted:
             assert " ".join(w.split()) in flat, (name, params, w, err[-800:])
     key_text = Path(lab_inventory.ssh.client_key.file).read_text().strip()
     assert all(line not in err for line in key_text.splitlines()[1:-1]
-               for _, _, err in refused_in_flow), "the key file's content was echoed"
+               for _, _, err in refused_by_inventory), "the key file's content was echoed"
     assert not Path(PWNED).exists(), "a shell ran a payload"
     assert during == {h: 0 for h in during}, (
         f"sshd logged connections: {during}; "
@@ -229,15 +236,47 @@ def test_generated_bad_parameters_are_refused_naming_the_field_and_open_no_ssh(
     assert all(any(p == ports[h] for _, p in seen[h]) for h in seen), f"control not logged: {seen}"
     assert others == {h: [] for h in others}, f"connections other than the control: {others}"
     after = logs.new_text()
-    print(f"\nbad input: {len(sets)} generated invalid sets (+{len(in_flow)} refused by the flow) "
+    print(f"\nbad input: {len(sets)} generated invalid sets (+{len(by_inventory)} refused against "
+          f"the inventory) "
           f"over {len(FLOWS)} flows, all refused in-process in {in_process_seconds:.1f} s; "
-          f"{len(sample) + len(in_flow)} through the CLI subprocess, all done after "
+          f"{len(sample) + len(by_inventory)} through the CLI subprocess, all done after "
           f"{cli_seconds:.1f} s; "
           f"sshd lines before {sum(logs.lines_at_mark.values())}, new during the window "
           f"{sum(len(t.splitlines()) for t in window.values())} "
           f"({sum(during.values())} 'Connection from'), then the control's "
           f"{sum(len(t.splitlines()) for t in after.values())} lines with "
           f"{sum(count(t, 'Accepted publickey') for t in after.values())}/{len(ports)} logins")
+
+
+def test_unknown_or_repeated_hosts_and_a_file_that_is_no_inventory_exit_2_before_any_run(
+        lab: LabConfig, prefect_api: str, dwops_run):
+    """The issue's three cases, through real `dwops run` processes: each exits 2 naming the
+    parameter, and the Prefect server holds no more runs than before."""
+    before = _flow_runs(prefect_api)
+    cases = [
+        (["hosts=[\"va-web01\", \"va-web09\"]"],
+         "hosts: va-web09: not a web host of inventory 'lab'"),
+        (["hosts=[\"va-web01\", \"va-web01\"]"], "hosts: Value error, va-web01 named more than once"),
+        (["inventory=/etc/passwd"], "inventory: /etc/passwd: (top level): not valid TOML"),
+    ]
+    for params, wanted in cases:
+        rc, report, err = dwops_run("restart-webs", *params, "dry_run=true", timeout=120)
+        assert (rc, report) == (2, None), (params, rc, err[-800:])
+        assert "bad parameters for restart-webs:" in err and wanted in " ".join(err.split()), err
+    assert _flow_runs(prefect_api) == before
+
+
+def _flow_runs(api: str) -> int:
+    """How many flow runs the test session's Prefect server holds."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    async def count() -> int:
+        with temporary_settings(updates={PREFECT_API_URL: api}):
+            async with get_client() as client:
+                return await client.count_flow_runs()
+
+    return asyncio.run(count())
 
 
 # A bad inventory file: each problem named as FILE: entry: problem.

@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from dwops.inventory import Inventory
+from dwops.errors import Unavailable
+from dwops.inventory import Inventory, load_inventory
 from lab.config import LabConfig
-from tasks.ssh import HostKeyRejected, SshPool, SshUnavailable
+from tasks.common import attempt
+from tasks.ssh import HostKeyRejected, SshConfigError, SshPool, SshUnavailable
 
 
 def run(coro):
@@ -72,6 +74,42 @@ def test_an_unknown_host_key_is_refused(lab_inventory: Inventory, tmp_path: Path
 
     with pytest.raises(HostKeyRejected):
         run(go())
+
+
+def test_a_missing_known_hosts_file_is_a_configuration_error_never_retried(tmp_path: Path):
+    """Production's inventory (no lab needed: nothing gets as far as connecting), with a
+    known_hosts path that does not exist and a client key of its own."""
+    import asyncssh
+
+    key = tmp_path / "id_ed25519"
+    key.write_bytes(asyncssh.generate_private_key("ssh-ed25519").export_private_key())
+    production = load_inventory(Path(__file__).resolve().parent.parent / "inventory" /
+                                "production.toml")
+    missing = tmp_path / "no-such-dir" / "known_hosts"
+    inv = production.model_copy(update={"ssh": production.ssh.model_copy(update={
+        "known_hosts": str(missing), "client_key": {"file": str(key)}})})
+    tries = 0
+
+    async def go():
+        nonlocal tries
+        async with SshPool(inv) as pool:
+            async def once():
+                nonlocal tries
+                tries += 1
+                return await pool.run("va-web01", "hostname")
+
+            with pytest.raises(SshConfigError) as e:
+                await attempt(once, attempts=3, delay=0)
+            return e.value, await pool.run_everywhere(["va-web01", "dfw-jobs01"], "hostname",
+                                                      attempts=3)
+
+    error, everywhere = run(go())
+    assert tries == 1 and not isinstance(error, Unavailable)
+    assert str(error) == (f"va-web01: configuration error: cannot read the known_hosts file "
+                          f"{missing} (ssh.known_hosts: No such file or directory); host keys "
+                          f"are always verified, so nothing connects without it")
+    assert all(isinstance(r, SshConfigError) and str(missing) in str(r)
+               for r in everywhere.values()), everywhere
 
 
 def test_only_inventory_commands_run(lab_inventory: Inventory):

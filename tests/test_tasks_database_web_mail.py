@@ -12,18 +12,23 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import time
 import uuid
 from pathlib import Path
 
 import pytest
 
+from dwops.errors import Unavailable
 from dwops.health import Thresholds, Verdict
-from dwops.inventory import Inventory, SecretRef
+from dwops.inventory import Inventory, SecretRef, load_inventory
 from lab import jobs as lab_jobs
 from lab.config import LabConfig
 from tasks import database, mail, web
+from tasks.common import attempt
 from tasks.database import (
+    DatabaseMisconfigured,
+    DatabaseRefused,
     DatabaseUnavailable,
     DbLoad,
     FunctionQueue,
@@ -381,6 +386,76 @@ def test_mail_queue_judge_when_postfix_is_down_or_unreachable() -> None:
     assert garbled.verdict is Verdict.CRIT and "unreadable" in garbled.reason
 
 
+# -- TLS to the database (database.ssl_ca) ---------------------------------------------------------
+
+
+def write_ca(path: Path) -> Path:
+    """A self-signed CA certificate (PEM) at `path`, made for the test."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dwops test CA")])
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now).not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return path
+
+
+def with_ssl_ca(inventory: Inventory, ssl_ca: str | Path | None) -> Inventory:
+    return inventory.model_copy(update={"database": inventory.database.model_copy(
+        update={"ssl_ca": None if ssl_ca is None else str(ssl_ca)})})
+
+
+def production() -> Inventory:
+    return load_inventory(Path(__file__).resolve().parent.parent / "inventory" / "production.toml")
+
+
+def test_a_configured_ca_is_the_one_trusted_and_the_server_is_verified(tmp_path: Path) -> None:
+    assert production().database.ssl_ca == "/etc/dwops/rds-global-bundle.pem"  # documented
+    inventory = with_ssl_ca(production(), write_ca(tmp_path / "ca.pem"))
+    tls = database.tls_context(inventory)
+    assert tls is not None and tls.verify_mode is ssl.CERT_REQUIRED and tls.check_hostname
+    assert [c["subject"] for c in tls.get_ca_certs()] == [((("commonName", "dwops test CA"),),)]
+    assert database.tls_context(with_ssl_ca(production(), None)) is None
+
+
+def test_a_ca_file_that_cannot_be_used_is_a_configuration_error_never_retried(
+        tmp_path: Path) -> None:
+    """Production's inventory: the error comes before the password is read or anything is
+    sent, so no lab and no secret is needed."""
+    not_pem = tmp_path / "not-a-ca.pem"
+    not_pem.write_text("hello\n")
+    for ca, why in ((tmp_path / "missing.pem", "No such file or directory"),
+                    (not_pem, "NO_CERTIFICATE_OR_CRL_FOUND")):
+        inventory = with_ssl_ca(production(), ca)
+        tries = 0
+
+        async def read():
+            nonlocal tries
+            tries += 1
+            return await database.read_schwartz_queue(inventory)
+
+        with pytest.raises(DatabaseMisconfigured) as e:
+            asyncio.run(attempt(read, attempts=3, delay=0))
+        assert tries == 1 and not isinstance(e.value, Unavailable)
+        assert str(e.value).startswith(
+            f"mysql dw-global.cluster.us-east-1.rds.amazonaws.com:3306: configuration error: "
+            f"database.ssl_ca: cannot use {ca} as a CA bundle ("), str(e.value)
+        assert why in str(e.value)
+        [check] = asyncio.run(database.check_schwartz.fn(inventory, DEFAULTS))
+        assert check.verdict is Verdict.CRIT and check.figures == {"reachable": False}
+        assert f"database.ssl_ca: cannot use {ca}" in check.reason
+
+
 # == against the running lab ======================================================================
 
 
@@ -484,6 +559,17 @@ def test_database_that_refuses_us_gives_a_crit_line(
     assert check.reason == ("refused: no password (environment variable DWOPS_TEST_WRONG_PASSWORD"
                             " is not set)")
     assert check.figures == {"reachable": False}
+
+
+@pytest.mark.lab
+def test_with_a_ca_the_connection_requires_tls(lab_inventory: Inventory, tmp_path: Path) -> None:
+    """The lab's MariaDB speaks no TLS (have_ssl=DISABLED): with ssl_ca set, the read is refused
+    rather than made in the clear; without it, the same read works."""
+    inventory = with_ssl_ca(lab_inventory, write_ca(tmp_path / "ca.pem"))
+    with pytest.raises(DatabaseRefused,
+                       match=r"refused: \(2026\) SSL is required but the server doesn't support it"):
+        asyncio.run(database.read_schwartz_queue(inventory))
+    assert isinstance(asyncio.run(database.read_schwartz_queue(lab_inventory)), list)
 
 
 @pytest.mark.lab
