@@ -14,7 +14,8 @@ to; this flow changes only that set's addresses and its expiry tags.
 2. Read the IP set (addresses, LockToken, expiry tags) and compute the plan from it; publish the
    plan. A dry run stops here.
 3. Gates before blocking: the addresses fit the set's IP version, none covers an inventory host,
-   the set and its tags have room.
+   the set and its tags have room. A broad block (`allow_broad`) then waits for an operator's
+   approval (or `dwops run --approve` at the terminal): it shuts out whole providers' users.
 4. One address at a time: skip it when there is nothing to do (already blocked / not in the set),
    else record or forget its expiry, change the set (LockToken; re-read only on a concurrent
    change), and verify by reading the set again that the address is (or is no longer) there and
@@ -38,12 +39,13 @@ import ipaddress
 import re
 import time
 from collections.abc import Mapping, Sequence
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from prefect import flow, get_run_logger
 from pydantic import Field, StrictBool, ValidationError, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from dwops.approval import decide_emergency
 from dwops.inventory import Inventory, resolve_inventory
 from dwops.runbook import (BadParameters, ChangeParams, Gate, Outcome, Plan, Report, Step, finish,
                            publish_plan)
@@ -143,6 +145,8 @@ AddressText = Annotated[str, Field(min_length=1, max_length=64,
 
 
 class BlockAddressParams(ChangeParams):
+    NEEDS_APPROVAL_FOR: ClassVar[str] = "a broad block (allow_broad)"
+
     action: Literal["block", "unblock", "expire"] = Field(
         description="block: add the addresses to the WAF IP set; unblock: remove them; "
                     "expire: remove every address whose recorded expiry has passed")
@@ -387,8 +391,10 @@ async def block_address(params: BlockAddressParams) -> dict[str, Any]:
         return await finish(report, log)
 
     run = _Run(inventory, params, state, report, log, now)
-    # 3. Gates before blocking anything.
+    # 3. Gates before blocking anything; a broad block (allow_broad) waits for an operator.
     if params.action == "block" and not run.gates_pass():
+        return await finish(report, log)
+    if params.is_broad() and not await run.broad_block_approved():
         return await finish(report, log)
 
     # 4. One address at a time.
@@ -430,6 +436,20 @@ class _Run:
                 return False
             self.log.info("gate %s passes: %s", gate.name, gate.reason)
         return True
+
+    async def broad_block_approved(self) -> bool:
+        """A block broader than /16 (IPv4) or /48 (IPv6) shuts out whole providers' users: it
+        goes ahead only with a human's approval, as the notes' emergency paths do."""
+        broad = [a for a in self.params.addresses if is_broad(ipaddress.ip_network(a))]
+        decision = await decide_emergency(
+            f"A broad block: {', '.join(broad)} shuts out every user in "
+            f"{sum(ipaddress.ip_network(a).num_addresses for a in broad):,} addresses "
+            f"from the site.", log=self.log)
+        gate = self.report.gate(Gate("broad block approved", decision.approved, decision.reason))
+        if not gate.ok:
+            self.log.error("not blocking %s: %s", ", ".join(broad), decision.reason)
+            self.report.halt(f"broad block not approved ({decision.reason}); nothing changed")
+        return gate.ok
 
     async def step(self, cidr: str) -> bool:
         """Act on one address; False when the run must stop."""

@@ -92,3 +92,32 @@ def test_a_purge_of_everything_waits_for_an_approval(lab, lab_inventory: Invento
     assert rc == 0 and not [g for g in report["gates"] if "approved" in g["name"]], err[-2000:]
     rc, report, err = dwops_run("ensure-ddlockd", approve=True)
     assert rc == 2 and "nothing that needs an approval" in err, err[-2000:]
+
+
+def ip_set_addresses(lab, inventory: Inventory) -> list[str]:
+    from lab import aws
+
+    a = inventory.aws
+    return aws.client(lab, "wafv2").get_ip_set(Name=a.waf_ip_set, Scope=a.waf_scope,
+                                               Id=a.waf_ip_set_id)["IPSet"]["Addresses"]
+
+
+def test_a_broad_block_waits_for_an_approval(lab, lab_inventory: Inventory, dwops_run,
+                                             prefect_api: str):
+    """A block broader than /16 (allowed down to /12 with allow_broad) shuts out whole
+    providers: rejected, or approved by nobody the proxy knows, it changes nothing."""
+    before = ip_set_addresses(lab, lab_inventory)
+    broad = ("action=block", 'addresses=["198.48.0.0/14"]', "allow_broad=true")
+    for approve, halted in ((False, "broad block not approved (rejected by an unrecorded "
+                                    "caller); nothing changed"),
+                            (True, "broad block not approved (not approved: the approval did "
+                                   "not come from an operator account through the proxy); "
+                                   "nothing changed")):
+        proc = dwops_run("block-address", *broad, background=True)
+        asyncio.run(answer_when_paused(prefect_api, proc, "block-address", approve=approve))
+        out, err = proc.communicate(timeout=60)
+        report = dwops_run.report(out)
+        assert proc.returncode == 1, err[-2000:]
+        assert report["halted"] == halted, report["halted"]
+        assert [g["name"] for g in report["gates"]][-1] == "broad block approved"
+        assert ip_set_addresses(lab, lab_inventory) == before
