@@ -16,7 +16,7 @@ import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Callable
 
 from lab import procs, services
 from lab.config import LabConfig
@@ -34,33 +34,51 @@ def pids(lab: LabConfig) -> dict[str, int | None]:
     return {h: procs.read_pid(services.find(lab, "memcached", h).pidfile) for h in nodes(lab)}
 
 
-class DbSampler(threading.Thread):
-    """MariaDB's `Questions` counter (what the flow's queries/s is made of), read every 0.2 s
-    with the time of each read, from a thread, while a test runs. Its own reads count in it, as
-    they count in what the flow reads at the same time."""
+class Recorder(threading.Thread):
+    """A thread that records what it sees while a test runs (`with recorder:`), in order, and
+    lets the test wait for the records it needs."""
 
     def __init__(self, lab: LabConfig):
         super().__init__(daemon=True)
-        self.lab, self.samples = lab, []
+        self.lab, self.records = lab, []
         self._halt = threading.Event()
-        self._read = threading.Condition()
+        self._recorded = threading.Condition()
 
-    def run(self) -> None:
-        with db_status(self.lab) as status:
-            while not self._halt.is_set():
-                n = status("Questions")
-                with self._read:
-                    self.samples.append((time.time(), n))
-                    self._read.notify_all()
-                self._halt.wait(0.2)
+    def record(self, item: Any) -> None:
+        with self._recorded:
+            self.records.append(item)
+            self._recorded.notify_all()
 
-    def __enter__(self) -> "DbSampler":
+    def wait_until(self, ready: Callable[[list], bool], what: str, timeout: float = 30) -> list:
+        """Wait until `ready(records)`; the records then."""
+        with self._recorded:
+            assert self._recorded.wait_for(lambda: ready(self.records), timeout), \
+                f"{what}: not within {timeout} s ({len(self.records)} records)"
+            return list(self.records)
+
+    def __enter__(self) -> Any:
         self.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._halt.set()
         self.join(10)
+
+
+class DbSampler(Recorder):
+    """MariaDB's `Questions` counter (what the flow's queries/s is made of), read every 0.2 s
+    with the time of each read, from a thread, while a test runs. Its own reads count in it, as
+    they count in what the flow reads at the same time."""
+
+    @property
+    def samples(self) -> list[tuple[float, int]]:
+        return self.records
+
+    def run(self) -> None:
+        with db_status(self.lab) as status:
+            while not self._halt.is_set():
+                self.record((time.time(), status("Questions")))
+                self._halt.wait(0.2)
 
     def count_at(self, t: float) -> float:
         """The counter at time `t`, interpolated between the reads around it."""
@@ -72,12 +90,10 @@ class DbSampler(threading.Thread):
     def rate(self, start: float, end: float) -> float:
         return (self.count_at(end) - self.count_at(start)) / (end - start)
 
-    def read_at_or_after(self, t: float, timeout: float = 30) -> float:
+    def read_at_or_after(self, t: float) -> float:
         """Wait until the counter has been read at `t` or later; the time of that read."""
-        with self._read:
-            assert self._read.wait_for(lambda: self.samples and self.samples[-1][0] >= t,
-                                       timeout), f"the database's counter unread for {timeout} s"
-            return next(t1 for t1, _ in self.samples if t1 >= t)
+        samples = self.wait_until(lambda s: s and s[-1][0] >= t, "a read of the database")
+        return next(t1 for t1, _ in samples if t1 >= t)
 
     def rate_over_next(self, seconds: float) -> float:
         """The query rate over the next `seconds`, once the counter has been read past them."""
@@ -90,7 +106,7 @@ READER_RATE = 15.0  # journal pages per second the test's own reader asks for
 QUERIES_PER_MISS = 3  # a journal page read from the database (lab.web.query_journal's queries)
 
 
-class PageReader(threading.Thread):
+class PageReader(Recorder):
     """A steady reader of the journal pages cached on one memcached node, READER_RATE pages a
     second through the webs in turn, least popular first (the lab's own traffic asks for those
     least), each page once per pass over them (~1000 pages: about a minute).
@@ -102,12 +118,13 @@ class PageReader(threading.Thread):
     (time asked, time answered, HTTP status or None if none came, X-DW-Cache)."""
 
     def __init__(self, lab: LabConfig, node: str):
-        super().__init__(daemon=True)
-        self.lab, self.answers = lab, []
+        super().__init__(lab)
         users = [username(u) for u in range(SITE_USERS, 0, -1)]
         self.paths = [f"/~{u}" for u in users if memcache_node_of(lab, journal_key(u)).name == node]
-        self._halt = threading.Event()
-        self._answered = threading.Condition()
+
+    @property
+    def answers(self) -> list[tuple[float, float, int | None, str | None]]:
+        return self.records
 
     def ask(self, web: Any, path: str) -> None:
         asked = time.time()
@@ -115,9 +132,7 @@ class PageReader(threading.Thread):
             status, headers, _ = http_get(self.lab, web, path)
         except OSError:
             status, headers = None, {}
-        with self._answered:
-            self.answers.append((asked, time.time(), status, headers.get("X-DW-Cache")))
-            self._answered.notify_all()
+        self.record((asked, time.time(), status, headers.get("X-DW-Cache")))
 
     def run(self) -> None:
         webs = itertools.cycle(self.lab.hosts_with("web"))
@@ -129,20 +144,9 @@ class PageReader(threading.Thread):
                 pool.submit(self.ask, next(webs), path)
                 due += 1 / READER_RATE
 
-    def wait_for_answers(self, n: int, timeout: float = 30) -> list[tuple]:
+    def wait_for_answers(self, n: int) -> list[tuple]:
         """Wait until the reader has had `n` answers; all of its answers so far."""
-        with self._answered:
-            assert self._answered.wait_for(lambda: len(self.answers) >= n, timeout), \
-                f"the reader had {len(self.answers)} of {n} answers in {timeout} s"
-            return list(self.answers)
-
-    def __enter__(self) -> "PageReader":
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._halt.set()
-        self.join(10)
+        return self.wait_until(lambda answers: len(answers) >= n, f"{n} answers to the reader")
 
 
 def same_rate(reported: float, lab_rate: float) -> bool:
