@@ -1,8 +1,12 @@
 """The fleet-wide maintenance lock: one restart of webs, memcached or workers at a time.
 
-A Prefect global concurrency limit (`dwops-maintenance`, limit 1) held for the whole run, across
-every worker. A second maintenance run is refused at once with a clear error, never queued
-behind the first.
+A Prefect global concurrency limit (`dwops-maintenance`, limit 1), across every worker. A
+maintenance run holds it from before its first read of the fleet (its gates) until its report is
+made: its reads, changes and checks afterwards all happen under it, so no two runs read or change
+the fleet at the same time, and no run acts on readings another run may be changing. A second
+maintenance run is refused at once with a clear error, never queued behind the first. (What a
+run does before it asks for the lock, starting its process and publishing its plan, touches no
+host: two runs' Prefect Running times may overlap by that much, their hold on the fleet never.)
 """
 
 from __future__ import annotations

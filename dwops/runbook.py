@@ -128,6 +128,11 @@ class Report:
     finished: float | None = None
     halted: str | None = None
     dry_run: bool = False
+    # The fleet-wide maintenance lock (dwops.maintenance): when this run took it, and when it
+    # let it go (None while it holds it). Every read and change of a maintenance run, and its
+    # report, fall between the two.
+    lock_taken: float | None = None
+    lock_released: float | None = None
 
     # -- recording ---------------------------------------------------------------------------
     def gate(self, gate: Gate) -> Gate:
@@ -171,7 +176,10 @@ class Report:
         end = self.finished or time.time()
         lines = [f"# {self.flow}: {self.summary()}", "",
                  f"- inventory: {self.inventory}",
-                 f"- started: {_iso(self.started)}, took {end - self.started:.1f} s", ""]
+                 f"- started: {_iso(self.started)}, took {end - self.started:.1f} s"]
+        if self.lock_taken is not None:
+            lines.append(f"- {self.lock_line()}")
+        lines.append("")
         lines += ["## Steps", "", "| host | action | outcome | seconds | detail |",
                   "|---|---|---|---|---|"]
         for r in self.results:
@@ -186,10 +194,18 @@ class Report:
             lines += [f"| {t} | {w} | {_cell(_figures(f))} |" for t, w, f in self.readings]
         return "\n".join(lines) + "\n"
 
+    def lock_line(self) -> str:
+        """When the run held the maintenance lock, as of now (exact to the microsecond, UTC)."""
+        held = f"maintenance lock: taken at {_iso_us(self.lock_taken or 0)}"
+        if self.lock_released is None:
+            return f"{held}, still held at {_iso_us(self.finished or time.time())} (this report)"
+        return f"{held}, released at {_iso_us(self.lock_released)}"
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "flow": self.flow, "inventory": self.inventory, "summary": self.summary(),
             "halted": self.halted, "dry_run": self.dry_run,
+            "lock_taken": self.lock_taken, "lock_released": self.lock_released,
             "results": [{"host": r.host, "action": r.action, "outcome": r.outcome.value,
                          "detail": r.detail, "seconds": r.seconds} for r in self.results],
             "gates": [{"when": t, "name": g.name, "ok": g.ok, "reason": g.reason,
@@ -243,6 +259,10 @@ def _iso(t: float) -> str:
     return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def _iso_us(t: float) -> str:
+    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 def _cell(text: str) -> str:
     return str(text).replace("|", "/").replace("\n", " ")
 
@@ -288,8 +308,11 @@ HostNames = Annotated[list[HostName], AfterValidator(_named_once)]  # each host 
 
 @asynccontextmanager
 async def maintenance(report: Report) -> AsyncIterator[None]:
-    """Hold the fleet-wide maintenance lock (dwops.maintenance) for everything inside. When
-    another maintenance run holds it, nothing is changed: the report says so and the run fails."""
+    """Hold the fleet-wide maintenance lock (dwops.maintenance) for everything inside: a
+    maintenance run takes it before its first read of the fleet and finishes its report (`finish`)
+    inside, so no two runs read or change the fleet at the same time. The report records when the
+    lock was taken. When another maintenance run holds it, nothing is read or changed: the report
+    says so and the run fails."""
     from dwops.maintenance import MaintenanceBusy, maintenance_window
 
     window = maintenance_window(report.flow)
@@ -300,6 +323,7 @@ async def maintenance(report: Report) -> AsyncIterator[None]:
         report.finished = time.time()
         await publish_report(report)
         raise RunbookHalted(report) from None
+    report.lock_taken = time.time()
     try:
         yield
     except BaseException as e:
@@ -307,3 +331,5 @@ async def maintenance(report: Report) -> AsyncIterator[None]:
             raise
     else:
         await window.__aexit__(None, None, None)
+    finally:
+        report.lock_released = time.time()

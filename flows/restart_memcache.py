@@ -28,6 +28,9 @@ held is read from the database again until it is warm. So:
 5. Read every node and the database again ("after") and publish the report: per node timings,
    every gate with its readings, and the load and hit ratio over the run as a time series.
 
+Steps 3-5 hold the fleet-wide maintenance lock (dwops.maintenance): no other restart of webs,
+memcached or workers reads or changes the fleet meanwhile; one that holds it refuses this run.
+
 A reading that cannot be taken (database or CloudWatch unreachable, no recent CPU data) counts
 as high: every gate fails closed.
 
@@ -174,11 +177,10 @@ async def restart_memcache(params: RestartMemcacheParams = RestartMemcacheParams
             if not await run.watch_recovery(restarted, untouched):
                 break
 
-        # 5. Every node and the database after.
+        # 5. Every node and the database after, and the report, still under the lock.
         await run.read_nodes(every_node, "after")
         await run.read_load("database after")
-
-    return await finish(report, log)
+        return await finish(report, log)
 
 
 def plan_restarts(inventory: str, hosts: list[str], p: RestartMemcacheParams) -> Plan:

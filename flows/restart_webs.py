@@ -27,6 +27,9 @@ web while it restarts.
 6. Read every web's ALB state and `/admin/healthy` again (the "after" gate judges the planned
    webs); publish the report: per web done / failed / not reached, with timings, pids and health
    readings, and which webs are out of the target group.
+
+Steps 3-6 hold the fleet-wide maintenance lock (dwops.maintenance): no other restart of webs,
+memcached or workers reads or changes the fleet meanwhile; one that holds it refuses this run.
 """
 
 from __future__ import annotations
@@ -180,15 +183,15 @@ async def restart_webs(params: RestartWebsParams = RestartWebsParams()) -> dict[
                     log.info("waiting %g s before the next web (delay)", params.delay)
                     await asyncio.sleep(params.delay)
 
-    # 6. After: the planned webs judged, every web read; and the report.
-    after = await _gate_readings(report, inventory, hosts, "after")
-    if not after.ok and not report.halted:
-        report.halt(f"after the restarts: {after.reason}")
-    report.reading("outcome", _outcome(report, after))
-    # When the run began and when its last reading was taken (benchmarks/roll.py: everything
-    # between them that is neither a host's restart, its health wait nor a requested wait).
-    report.reading("run", {"started_at": started_at, "finished_at": round(time.time(), 3)})
-    return await finish(report, log)
+        # 6. After, still under the lock: the planned webs judged, every web read; the report.
+        after = await _gate_readings(report, inventory, hosts, "after")
+        if not after.ok and not report.halted:
+            report.halt(f"after the restarts: {after.reason}")
+        report.reading("outcome", _outcome(report, after))
+        # When the run began and when its last reading was taken (benchmarks/roll.py: everything
+        # between them that is neither a host's restart, its health wait nor a requested wait).
+        report.reading("run", {"started_at": started_at, "finished_at": round(time.time(), 3)})
+        return await finish(report, log)
 
 
 # -- parameters and plan (pure) ---------------------------------------------------------------------

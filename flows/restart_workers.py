@@ -32,6 +32,9 @@ it.)"
    back with a new pid (importers bored, or busy with new imports).
 9. Watch the ready queue for `queue_drain_seconds`: it must not grow (beyond `queue_slack`).
 10. Publish the report: per host, with timings, gates and readings before and after.
+
+Steps 3-10 hold the fleet-wide maintenance lock (dwops.maintenance): no other restart of webs,
+memcached or workers reads or changes the fleet meanwhile; one that holds it refuses this run.
 """
 
 from __future__ import annotations
@@ -174,11 +177,11 @@ async def restart_workers(params: RestartWorkersParams = RestartWorkersParams())
         if not restarted:
             return await finish(report, log)
 
-    # 9. TheSchwartz's ready queue drains.
-    await _watch_queue(inventory, report, log, params, before_ready, db)
+        # 9. TheSchwartz's ready queue drains (still under the lock: no other restart moves it).
+        await _watch_queue(inventory, report, log, params, before_ready, db)
 
-    # 10. The report.
-    return await finish(report, log)
+        # 10. The report.
+        return await finish(report, log)
 
 
 # -- the plan and the gates (pure) -----------------------------------------------------------------

@@ -9,17 +9,21 @@ really moves reads onto the database. Every test that empties a node warms the c
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Callable
 
 from lab import procs, services
 from lab.config import LabConfig
+from lab.traffic import SITE_USERS, username
+from lab.web import journal_key
 from tasks.memcache import MemcacheUnavailable, read_memcache_stats
-from test_lab_web import db_status, warm_cache
+from test_lab_web import db_status, http_get, memcache_node_of, warm_cache
 
 
 def nodes(lab: LabConfig) -> list[str]:
@@ -30,30 +34,51 @@ def pids(lab: LabConfig) -> dict[str, int | None]:
     return {h: procs.read_pid(services.find(lab, "memcached", h).pidfile) for h in nodes(lab)}
 
 
-class DbSampler(threading.Thread):
-    """MariaDB's `Questions` counter (what the flow's queries/s is made of), read every 0.2 s
-    with the time of each read, from a thread, while a test runs. Its own reads count in it, as
-    they count in what the flow reads at the same time."""
+class Recorder(threading.Thread):
+    """A thread that records what it sees while a test runs (`with recorder:`), in order, and
+    lets the test wait for the records it needs."""
 
     def __init__(self, lab: LabConfig):
         super().__init__(daemon=True)
-        self.lab, self.samples = lab, []
+        self.lab, self.records = lab, []
         self._halt = threading.Event()
+        self._recorded = threading.Condition()
 
-    def run(self) -> None:
-        with db_status(self.lab) as status:
-            while not self._halt.is_set():
-                n = status("Questions")
-                self.samples.append((time.time(), n))
-                self._halt.wait(0.2)
+    def record(self, item: Any) -> None:
+        with self._recorded:
+            self.records.append(item)
+            self._recorded.notify_all()
 
-    def __enter__(self) -> "DbSampler":
+    def wait_until(self, ready: Callable[[list], bool], what: str, timeout: float = 30) -> list:
+        """Wait until `ready(records)`; the records then."""
+        with self._recorded:
+            assert self._recorded.wait_for(lambda: ready(self.records), timeout), \
+                f"{what}: not within {timeout} s ({len(self.records)} records)"
+            return list(self.records)
+
+    def __enter__(self) -> Any:
         self.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._halt.set()
         self.join(10)
+
+
+class DbSampler(Recorder):
+    """MariaDB's `Questions` counter (what the flow's queries/s is made of), read every 0.2 s
+    with the time of each read, from a thread, while a test runs. Its own reads count in it, as
+    they count in what the flow reads at the same time."""
+
+    @property
+    def samples(self) -> list[tuple[float, int]]:
+        return self.records
+
+    def run(self) -> None:
+        with db_status(self.lab) as status:
+            while not self._halt.is_set():
+                self.record((time.time(), status("Questions")))
+                self._halt.wait(0.2)
 
     def count_at(self, t: float) -> float:
         """The counter at time `t`, interpolated between the reads around it."""
@@ -65,10 +90,63 @@ class DbSampler(threading.Thread):
     def rate(self, start: float, end: float) -> float:
         return (self.count_at(end) - self.count_at(start)) / (end - start)
 
-    def recent_rate(self, seconds: float) -> float:
-        time.sleep(seconds + 0.3)
-        end = self.samples[-1][0]
-        return self.rate(end - seconds, end)
+    def read_at_or_after(self, t: float) -> float:
+        """Wait until the counter has been read at `t` or later; the time of that read."""
+        samples = self.wait_until(lambda s: s and s[-1][0] >= t, "a read of the database")
+        return next(t1 for t1, _ in samples if t1 >= t)
+
+    def rate_over_next(self, seconds: float) -> float:
+        """The query rate over the next `seconds`, once the counter has been read past them."""
+        start = self.read_at_or_after(time.time())
+        end = self.read_at_or_after(start + seconds)
+        return self.rate(start, end)
+
+
+READER_RATE = 15.0  # journal pages per second the test's own reader asks for
+QUERIES_PER_MISS = 3  # a journal page read from the database (lab.web.query_journal's queries)
+
+
+class PageReader(Recorder):
+    """A steady reader of the journal pages cached on one memcached node, READER_RATE pages a
+    second through the webs in turn, least popular first (the lab's own traffic asks for those
+    least), each page once per pass over them (~1000 pages: about a minute).
+
+    While the node is warm every page is a hit and costs the database nothing. Once the node is
+    emptied (restarted), every page the reader asks for in the next pass is a miss that costs
+    the database QUERIES_PER_MISS queries: the restart adds about READER_RATE * QUERIES_PER_MISS
+    queries/s for a minute, however the lab's own traffic varies. Each answer is recorded:
+    (time asked, time answered, HTTP status or None if none came, X-DW-Cache)."""
+
+    def __init__(self, lab: LabConfig, node: str):
+        super().__init__(lab)
+        users = [username(u) for u in range(SITE_USERS, 0, -1)]
+        self.paths = [f"/~{u}" for u in users if memcache_node_of(lab, journal_key(u)).name == node]
+
+    @property
+    def answers(self) -> list[tuple[float, float, int | None, str | None]]:
+        return self.records
+
+    def ask(self, web: Any, path: str) -> None:
+        asked = time.time()
+        try:
+            status, headers, _ = http_get(self.lab, web, path)
+        except OSError:
+            status, headers = None, {}
+        self.record((asked, time.time(), status, headers.get("X-DW-Cache")))
+
+    def run(self) -> None:
+        webs = itertools.cycle(self.lab.hosts_with("web"))
+        with ThreadPoolExecutor(4) as pool:
+            due = time.monotonic()
+            for path in itertools.cycle(self.paths):
+                if self._halt.wait(max(0.0, due - time.monotonic())):
+                    break
+                pool.submit(self.ask, next(webs), path)
+                due += 1 / READER_RATE
+
+    def wait_for_answers(self, n: int) -> list[tuple]:
+        """Wait until the reader has had `n` answers; all of its answers so far."""
+        return self.wait_until(lambda answers: len(answers) >= n, f"{n} answers to the reader")
 
 
 def same_rate(reported: float, lab_rate: float) -> bool:
@@ -114,7 +192,7 @@ def test_refuses_while_the_database_runs_more_queries_than_max_qps(lab: LabConfi
     first, second = nodes(lab)
     before = pids(lab)
     with DbSampler(lab) as db:
-        rate = db.recent_rate(3)  # the lab's real query rate now
+        rate = db.rate_over_next(3)  # the lab's real query rate now
         limit = round(rate / 3, 1)
         assert limit > 0, f"the lab's database is idle ({rate:.1f} queries/s)"
         rc, report, err = dwops_run("restart-memcache", f"max_qps={limit}", "wait_for_load=3")
@@ -190,18 +268,28 @@ def test_stops_after_the_first_node_when_its_restart_pushes_the_load_over_the_ce
     warm_cache(lab)
     first, second = nodes(lab)
     before = pids(lab)
+    # What one emptied node costs the database, made steady: besides the lab's traffic (whose
+    # extra misses after a restart fade within seconds), the test's reader asks for the first
+    # node's pages, all hits until the restart, all misses for a minute after it.
+    jump = READER_RATE * QUERIES_PER_MISS
     try:
-        with DbSampler(lab) as db:
-            rate = db.recent_rate(4)
-            # Restart only under rate + 4, stop over rate + 10: just above the warm site's load
-            # and its variation, well under what one emptied node adds (~ +20 queries/s).
-            threshold, ceiling = round(rate + 4, 1), round(rate + 10, 1)
+        with DbSampler(lab) as db, PageReader(lab, first) as reader:
+            warmed = reader.wait_for_answers(int(2 * READER_RATE))
+            assert all(status == 200 and cache == "hit" for *_, status, cache in warmed), warmed
+            rate = db.rate_over_next(6)  # the warm site's load, the reader's hits included
+            # Restart only under rate + jump/4, stop over rate + jump/2: above the warm site's
+            # load and its variation (a few queries/s), well under what the emptied node adds.
+            threshold, ceiling = round(rate + jump / 4, 1), round(rate + jump / 2, 1)
             rc, report, err = dwops_run(
                 "restart-memcache", f"max_qps={threshold}", f"ceiling_qps={ceiling}",
                 "sample_seconds=3", "target_hit_ratio=1", "recovery_timeout=30")
     finally:
         warm_cache(lab)
     assert rc == 1, err[-2000:]
+    # The reader's pages cost the database nothing until the first node's restart began.
+    restart_began = readings(report, f"{first} timings")[-1]["restart_started_at"]
+    assert all(status == 200 and cache == "hit"
+               for _, answered, status, cache in reader.answers if answered < restart_began)
     after = pids(lab)
     assert after[first] != before[first] and after[second] == before[second], (before, after)
     steps = by_step(report)
@@ -221,6 +309,11 @@ def test_stops_after_the_first_node_when_its_restart_pushes_the_load_over_the_ce
     assert last["qps"] == crossed[0]["readings"]["qps"]
     lab_rate = db.rate(last["at"] - 3, last["at"])
     assert same_rate(last["qps"], lab_rate), (last, lab_rate)
+    missed = [a for a in reader.answers if a[0] >= restart_began]
+    print(f"\nceiling: warm {rate:.1f} queries/s, threshold {threshold}, ceiling {ceiling}; "
+          f"gate read {gate['readings']['qps']}, crossed at {last['qps']} "
+          f"({last['since_restart']} s after the restart); the reader's pages after the "
+          f"restart: {sum(a[3] == 'miss' for a in missed)} misses of {len(missed)}")
 
 
 def test_dry_run_plans_and_restarts_nothing(lab: LabConfig, dwops_run, prefect_api):

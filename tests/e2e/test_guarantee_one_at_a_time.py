@@ -2,20 +2,29 @@
 
 Many simultaneous triggers of the same restart, and of two restarts that must not overlap
 (restart-webs and restart-memcache), sent through the REST API to a `dwops up` platform with two
-workers polling the pool: exactly one operation runs and changes the lab; every other trigger is
-refused (CANCEL_NEW for the same deployment, the `dwops-maintenance` lock across them), none is
-queued behind it, and only one host's process is restarted.
+workers polling the pool. No two maintenance runs read or change the fleet at the same time: each
+run that acts holds the `dwops-maintenance` lock from before its first read of the fleet until its
+report is made, and those windows never overlap; every other trigger is refused (CANCEL_NEW for
+the same deployment, the lock across them), none is queued behind it, and only the hosts of the
+runs that completed got a new process, started inside the window of the run that restarted it.
+
+What is measured is the promise, not Prefect's Running times: a run is Running from its
+process's start, and starts, loads its inventory and publishes its plan before it asks for the
+lock, touching no host; two runs' Running times may overlap by that much (printed).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -28,8 +37,40 @@ TRIGGERS = 6  # of each restart, all at once
 DUE_IN = 20  # seconds from the burst to the moment every run is due
 
 
+# A report's record of the run's hold on the lock (dwops.runbook.Report.lock_line).
+LOCK_HELD = re.compile(r"maintenance lock: taken at (\S+Z), still held at (\S+Z) \(this report\)")
+
+
 def pid(lab: LabConfig, service: str, host: str) -> int | None:
     return procs.read_pid(services.find(lab, service, host).pidfile)
+
+
+def started_at(pid: int) -> datetime:
+    """When the process began, from the kernel (/proc/PID/stat's start time, in clock ticks
+    since boot)."""
+    ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    boot = time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
+    return datetime.fromtimestamp(boot + ticks / os.sysconf("SC_CLK_TCK"), timezone.utc)
+
+
+class Acted(NamedTuple):
+    """A run that acted: its hold on the lock, from its report."""
+
+    taken: datetime
+    held: datetime  # still held then, when its report was made
+    flow: str
+    run: dict
+
+
+def lock_window(report: dict) -> tuple[datetime, datetime] | None:
+    """From a run's report: when it took the maintenance lock and when it made the report, still
+    holding it (everything the run read or changed is in between); None if it never took it."""
+    held = LOCK_HELD.search(report["data"])
+    if held is None:
+        return None
+    taken, still_held = (datetime.strptime(t, "%Y-%m-%dT%H:%M:%S.%fZ").replace(
+        tzinfo=timezone.utc) for t in held.groups())
+    return taken, still_held
 
 
 @pytest.fixture
@@ -101,22 +142,41 @@ def test_simultaneous_triggers_of_two_restarts_run_one_operation_at_a_time(
         report = platform.report(run["id"])
         assert "holds 'dwops-maintenance'; nothing was changed" in report["description"], report
         assert " 0 done" in report["description"]
+        assert lock_window(report) is None, report["data"]  # it never held the lock
 
-    # One operation at a time: the runs that changed something never overlapped.
-    done = sorted((datetime.fromisoformat(r["start_time"]), datetime.fromisoformat(r["end_time"]),
-                   platform.report(r["id"])["description"].split(" on ")[0])
-                  for r in by_state["COMPLETED"])
-    for (_, end, first), (start, _, second) in zip(done, done[1:]):
-        assert end <= start, f"{first} and {second} overlapped"
+    # One operation at a time: each run that acted held the lock from before its first read to
+    # its report (its report says when), and no two of those windows overlapped.
+    acted = []
+    for run in by_state["COMPLETED"]:
+        report = platform.report(run["id"])
+        window = lock_window(report)
+        assert window, f"{run['name']}: no hold on the lock in its report: {report['data']}"
+        acted.append(Acted(*window, report["description"].split(" on ")[0], run))
+    acted.sort(key=lambda a: a.taken)
+    for a, b in zip(acted, acted[1:]):
+        assert a.held < b.taken, f"{a.flow} still held the lock at {a.held} when {b.flow} took " \
+                                 f"it at {b.taken}"
 
-    # Only the hosts of the operations that completed were restarted.
+    # Only the hosts of the operations that completed were restarted, each one's new process
+    # started (says the kernel) inside the window of the run that restarted it.
     after = {"web": pid(lab, "apache2", web), "memcached": pid(lab, "memcached", node)}
     changed = {k for k in before if after[k] != before[k]}
-    completed = {"web" if f == "restart-webs" else "memcached" for _, _, f in done}
-    assert changed == completed and all(after.values()), (done, before, after)
+    completed = {"web" if a.flow == "restart-webs" else "memcached": a for a in acted}
+    assert changed == set(completed) and all(after.values()), (acted, before, after)
+    for what, a in completed.items():
+        assert a.taken < started_at(after[what]) < a.held, (what, started_at(after[what]), a)
 
-    taken = {name: sum(run["id"] in log for _, run in created) for name, log in (
+    # For the record: how far apart the windows were, and how much the Prefect Running times of
+    # the same runs overlapped (their starts and plans, outside the lock).
+    gaps = [f"{(b.taken - a.held).total_seconds():.1f} s" for a, b in zip(acted, acted[1:])]
+    running = [(datetime.fromisoformat(a.run["start_time"]),
+                datetime.fromisoformat(a.run["end_time"])) for a in acted]
+    overlap = max([0.0] + [(end - start).total_seconds()
+                           for (_, end), (start, _) in zip(running, running[1:])])
+    seen = {name: sum(run["id"] in log for _, run in created) for name, log in (
         ("dwops-worker", (platform.home / "worker.log").read_text(errors="replace")),
         ("dwops-worker-2", (platform.home / "worker-2.log").read_text(errors="replace")))}
-    print(f"one-at-a-time: {summary}, completed {[f for _, _, f in done]}, runs seen per "
-          f"worker {taken}, 503s retried {busy}")
+    print(f"one-at-a-time: {summary}, completed "
+          f"{[f'{a.flow} (lock held {(a.held - a.taken).total_seconds():.1f} s)' for a in acted]}"
+          f", gaps between the windows {gaps}, Prefect Running times overlapped by "
+          f"{overlap:.1f} s, runs seen per worker {seen}, 503s retried {busy}")
