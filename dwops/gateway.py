@@ -50,6 +50,7 @@ from dwops.accounts import Account, AccountStore, Role
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
               "trailers", "transfer-encoding", "upgrade", "host", "content-length",
               "authorization", "prefect-automation-id", "prefect-automation-name"}
+CACHED_RUNS = 10_000  # runs whose deployment (or decision lock) the gateway keeps at most
 # What a caller may put in a run's creation besides parameters (others only as their empty value).
 CREATE_FIELDS = {"parameters", "idempotency_key", "name", "tags", "state"}
 
@@ -138,6 +139,8 @@ class Gateway:
         if not run_id:
             return None
         if run_id not in self._run_deployments:
+            if len(self._run_deployments) > CACHED_RUNS:
+                self._run_deployments.clear()  # a bound on a long-lived gateway's memory
             run = await self._get(f"/flow_runs/{run_id}")
             if run is None:
                 return None
@@ -272,6 +275,8 @@ class Gateway:
         if not isinstance(answer, dict) or not isinstance(answer.get("approve", False), bool):
             raise Refused("run_input.approve must be true or false")
         approve = answer.get("approve", False)
+        if len(self._decisions) > CACHED_RUNS:
+            self._decisions = {k: v for k, v in self._decisions.items() if v.locked()}
         lock = self._decisions.setdefault(run_id, asyncio.Lock())
         async with lock:
             run = await self._get(f"/flow_runs/{run_id}")
