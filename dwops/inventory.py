@@ -20,6 +20,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from dwops.allowlist import BadAllowlist, pattern, render
+
 HOST_NAME = r"^[a-z][a-z0-9-]{0,62}$"
 COMMAND_NAME = r"^[a-z][a-z0-9_]{0,62}$"
 
@@ -207,6 +209,20 @@ class Inventory(Strict):
                 allowed.update({f"{sname}.{c}": t for c, t in service.commands.items()})
         return allowed
 
+    def allowlist(self, host: str) -> str:
+        """The allowlist file of `host`'s SSH gate (dwops/allowlist.py): every command the host
+        allows (`allowed_commands`) and nothing else. Raises allowlist.BadAllowlist for a template
+        the gate could not check exactly."""
+        self.host(host)
+        return render(self.allowed_commands(host), header=(
+            f"dwops allowlist of {host} (inventory {self.name!r}): the only commands dwops's SSH key "
+            f"may run there.\n"
+            f"Written by `dwops inventory allowlist {host}`; enforced by dwops/allowlist.py, the "
+            f"forced command of\n"
+            f"dwops's key in authorized_keys. One command a line: NAME TEMPLATE; in a template, "
+            f"{{name}} is one\n"
+            f"shell-quoted word (shlex.quote), everything else must match as it is."))
+
     def command(self, host: str, name: str, **values: str | int | float) -> str:
         """The shell command for `name` on `host`, with `values` quoted into its template.
 
@@ -247,6 +263,11 @@ def _template_problems(entry: str, name: str, template: str) -> list[tuple[str, 
     for f in fields:
         if not re.match(r"^[a-z_][a-z0-9_]*$", f):
             problems.append((entry, f"placeholder {{{f}}} must be a plain name"))
+    if not problems:
+        try:
+            pattern(template)  # what the hosts' SSH gate must be able to check exactly
+        except BadAllowlist as e:
+            problems.append((entry, str(e)))
     return problems
 
 
