@@ -29,15 +29,17 @@ python3 and this one file.
 from __future__ import annotations
 
 import os
-import re
-import string
+import pwd
 import sys
+import syslog
+import time
+from collections.abc import Callable
 
 REFUSED = 126
 # One word exactly as shlex.quote writes it: bare when every character is safe, else quoted.
 WORD = r"""(?:[A-Za-z0-9_@%+=:,./-]+|'[^']*'(?:"'"'[^']*')*)"""
-PLACEHOLDER_NAME = re.compile(r"[a-z_][a-z0-9_]*")
-NAME = re.compile(r"[a-z][a-z0-9_]*(?:\.[a-z][a-z0-9_]*)?")
+PLACEHOLDER_NAME = r"[a-z_][a-z0-9_]*"
+NAME_CHARACTERS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
 NOT_AROUND_VALUES = set("'\"\\`\n\r")  # no quoting, escape or here-document can hold a value
 
 
@@ -45,8 +47,21 @@ class BadAllowlist(ValueError):
     """An allowlist entry this gate cannot check exactly."""
 
 
-def pattern(template: str) -> re.Pattern:
-    """The regular expression a template's commands match, whole (raises BadAllowlist)."""
+def matcher(template: str) -> Callable[[str], object]:
+    """What tells whether a command is one of `template`'s: equality for a template without
+    braces, else its pattern, matched whole. (re is imported only for the second: a host starts
+    this gate for every command, and most commands are literal; re is a third of its start-up.)"""
+    if "{" not in template and "}" not in template:
+        return template.__eq__
+    return pattern(template).fullmatch
+
+
+def pattern(template: str):
+    """The regular expression (re.Pattern) a template's commands match, whole (raises
+    BadAllowlist)."""
+    import re
+    import string
+
     try:
         parts = list(string.Formatter().parse(template))
     except ValueError as e:
@@ -61,7 +76,7 @@ def pattern(template: str) -> re.Pattern:
         if field is None:
             continue
         after = parts[i + 1][0] if i + 1 < len(parts) else ""
-        if spec or conversion or not PLACEHOLDER_NAME.fullmatch(field):
+        if spec or conversion or not re.fullmatch(PLACEHOLDER_NAME, field):
             raise BadAllowlist(f"template {template!r}: a placeholder is a bare {{name}}")
         if not literal.endswith(" ") or not (after.startswith(" ") or i + 1 == len(parts)):
             raise BadAllowlist(f"template {template!r}: {{{field}}} is not a word of its own")
@@ -73,32 +88,37 @@ def render(commands: dict[str, str], header: str) -> str:
     """An allowlist file: `header` as comment lines, then `NAME TEMPLATE` for each command."""
     lines = [f"# {line}".rstrip() for line in header.splitlines()]
     for name, template in commands.items():
-        if not NAME.fullmatch(name) or "\n" in template or "\r" in template:
+        if not _is_name(name) or "\n" in template or "\r" in template:
             raise BadAllowlist(f"{name}: cannot be an allowlist line")
-        pattern(template)
+        matcher(template)
         lines.append(f"{name} {template}")
     return "\n".join(lines) + "\n"
 
 
-def parse(text: str) -> list[tuple[str, re.Pattern]]:
-    """(name, pattern) of each entry of an allowlist file (raises BadAllowlist)."""
+def _is_name(name: str) -> bool:
+    """An inventory command's name, e.g. web.restart."""
+    return bool(name) and set(name) <= NAME_CHARACTERS
+
+
+def parse(text: str) -> list[tuple[str, Callable[[str], object]]]:
+    """(name, matcher) of each entry of an allowlist file (raises BadAllowlist)."""
     entries = []
     for number, line in enumerate(text.split("\n"), 1):
         if not line.strip() or line.startswith("#"):
             continue
         name, sep, template = line.partition(" ")
-        if not sep or not NAME.fullmatch(name) or not template:
+        if not sep or not _is_name(name) or not template:
             raise BadAllowlist(f"line {number} is not NAME TEMPLATE")
         try:
-            entries.append((name, pattern(template)))
+            entries.append((name, matcher(template)))
         except BadAllowlist as e:
             raise BadAllowlist(f"line {number}: {e}") from None
     return entries
 
 
-def allowed(entries: list[tuple[str, re.Pattern]], command: str) -> str | None:
+def allowed(entries: list[tuple[str, Callable[[str], object]]], command: str) -> str | None:
     """The name of the entry `command` matches whole, or None."""
-    return next((name for name, p in entries if p.fullmatch(command)), None)
+    return next((name for name, matches in entries if matches(command)), None)
 
 
 def main(argv: list[str]) -> int:
@@ -130,10 +150,7 @@ def main(argv: list[str]) -> int:
     if name is None:
         return refuse(f"not a command this host allows (see {path})")
     log(log_file, f"allowed {client}: {name}: {command!r}", refused=False)
-    import pwd
-
-    shell = pwd.getpwuid(os.getuid()).pw_shell or "/bin/sh"
-    sys.stdout.flush()
+    shell = pwd.getpwuid(os.getuid()).pw_shell or "/bin/sh"  # as sshd runs a command
     os.execv(shell, [os.path.basename(shell), "-c", command])
     return REFUSED  # not reached: execv replaces this process or raises
 
@@ -141,16 +158,12 @@ def main(argv: list[str]) -> int:
 def log(log_file: str | None, message: str, *, refused: bool) -> None:
     """One line for the decision: in `log_file` when given, else to syslog (auth facility)."""
     if log_file:
-        import time
-
         try:
             with open(log_file, "a", encoding="utf-8") as f:
                 f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')} [{os.getpid()}] {message}\n")
         except OSError as e:
             sys.stderr.write(f"dwops allowlist: cannot log to {log_file}: {e}\n")
         return
-    import syslog
-
     syslog.openlog("dwops-allowlist", syslog.LOG_PID, syslog.LOG_AUTH)
     syslog.syslog(syslog.LOG_WARNING if refused else syslog.LOG_INFO, message)
 
