@@ -5,14 +5,17 @@ one run. `python -m benchmarks.fanout [--hosts N] [--repeat N]` runs it alone.
 Settings, each timed from nothing to every host's answer (connection set-up included):
 - dwops: `tasks.ssh.SshPool(inventory).run_everywhere(hosts, "uptime")`, as a flow runs it (a
   new pool, its connections opened, the command run everywhere, the pool closed);
-- ssh loop: OpenSSH's client once per host, one after another (BatchMode, the lab's key,
+- ssh loop: OpenSSH's client once per host, one after another (BatchMode, dwops's key,
   StrictHostKeyChecking=yes with the inventory's known_hosts);
 - ansible: ansible-core's ad-hoc `command` module (`ansible all -m command -a uptime`) with its
   default forks (5) and with forks equal to the host count; host key checking on (same
   known_hosts, StrictHostKeyChecking=yes), its default ssh_args (ControlPersist, a fresh control
   folder per run, so every run opens its connections), pipelining on and the interpreter named
   (ansible's own advice for speed; without pipelining it also needs sftp/scp, which the lab's
-  forced-command logins do not offer).
+  forced-command logins do not offer). It logs in with the lab's oracle key: its `command` module
+  sends a Python program, which dwops's key may not run (each host's SSH gate allows only the
+  inventory's commands), and an operator who uses ansible has such an open key. dwops and the
+  ssh loop pay for the gate (a python3 start on the host per command), ansible does not.
 
 Each setting runs once, unmeasured, on the scaled 13 first (imports, bytecode, caches), then
 every setting once per round, `repeat` rounds. Fleets: the lab's 13 hosts (OpenSSH sshd), the first 13 scaled hosts and all N scaled hosts
@@ -112,13 +115,17 @@ def ansible_bin() -> str:
 
 
 def write_ansible_inventory(fleet: Fleet, folder: Path) -> Path:
+    from lab.config import LabConfig
+    from lab.hostfiles import ssh_paths
+
     ssh = fleet.inventory.ssh
+    open_key = ssh_paths(LabConfig.load())["oracle_key"]  # ansible's module is no allowed command
     common = (f"-F /dev/null -o StrictHostKeyChecking=yes -o UserKnownHostsFile={ssh.known_hosts} "
               f"-o GlobalKnownHostsFile=/dev/null -o IdentitiesOnly=yes")
     lines = ["[fleet]"]
     lines += [f"{h} ansible_host={address} ansible_port={port} ansible_user={user}"
               for h, address, port, user in fleet.targets()]
-    lines += ["", "[fleet:vars]", f"ansible_ssh_private_key_file={ssh.client_key.file}",
+    lines += ["", "[fleet:vars]", f"ansible_ssh_private_key_file={open_key}",
               "ansible_python_interpreter=/usr/bin/python3",
               f"ansible_ssh_common_args='{common}'", ""]
     path = folder / f"hosts-{fleet.label.replace(' ', '-')}.ini"

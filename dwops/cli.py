@@ -22,6 +22,8 @@ app = typer.Typer(help="Dreamwidth's production runbook as Prefect flows.", no_a
 lab_app = typer.Typer(help="The lab: the production fleet replicated on this machine.",
                       no_args_is_help=True)
 app.add_typer(lab_app, name="lab")
+inventory_app = typer.Typer(help="What an inventory gives each host.", no_args_is_help=True)
+app.add_typer(inventory_app, name="inventory")
 
 console = Console()
 err = Console(stderr=True)
@@ -608,6 +610,27 @@ def decided_by(run) -> str:
         if who:
             return f"{word}: {who}"
     return ""
+
+
+@inventory_app.command("allowlist")
+def inventory_allowlist(
+    host: str = typer.Argument(..., help="a host of the inventory"),
+    inventory: str = typer.Option("lab", "--inventory", "-i",
+                                  help="lab, production, or the path of an inventory file"),
+) -> None:
+    """Print HOST's allowlist: the only commands dwops's SSH key may run there, for its gate
+    (dwops/allowlist.py, the key's forced command in authorized_keys). Exit 2 on a bad inventory
+    or an unknown host."""
+    from dwops.allowlist import BadAllowlist
+    from dwops.inventory import PATHS_ALLOWED, InventoryError, resolve_inventory
+
+    os.environ[PATHS_ALLOWED] = "allow"  # the operator's own machine, as in `dwops status`
+    try:
+        text = resolve_inventory(inventory).allowlist(host)
+    except (InventoryError, KeyError, BadAllowlist) as e:
+        err.print(f"[red]{escape(str(e.args[0] if isinstance(e, KeyError) else e))}[/]")
+        raise typer.Exit(2) from None
+    sys.stdout.write(text)
 
 
 @app.command("flows")

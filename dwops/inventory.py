@@ -22,6 +22,8 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from dwops.allowlist import BadAllowlist, pattern, render
+
 HOST_NAME = r"^[a-z][a-z0-9-]{0,62}$"
 COMMAND_NAME = r"^[a-z][a-z0-9_]{0,62}$"
 
@@ -236,6 +238,20 @@ class Inventory(Strict):
                 allowed.update({f"{sname}.{c}": t for c, t in service.commands.items()})
         return allowed
 
+    def allowlist(self, host: str) -> str:
+        """The allowlist file of `host`'s SSH gate (dwops/allowlist.py): every command the host
+        allows (`allowed_commands`) and nothing else. Raises allowlist.BadAllowlist for a template
+        the gate could not check exactly."""
+        self.host(host)
+        return render(self.allowed_commands(host), header=(
+            f"dwops allowlist of {host} (inventory {self.name!r}): the only commands dwops's SSH key "
+            f"may run there.\n"
+            f"Written by `dwops inventory allowlist {host}`; enforced by dwops/allowlist.py, the "
+            f"forced command of\n"
+            f"dwops's key in authorized_keys. One command a line: NAME TEMPLATE; in a template, "
+            f"{{name}} is one\n"
+            f"shell-quoted word (shlex.quote), everything else must match as it is."))
+
     def command(self, host: str, name: str, **values: str | int | float) -> str:
         """The shell command for `name` on `host`, with `values` quoted into its template.
 
@@ -269,7 +285,13 @@ def _template_problems(entry: str, name: str, template: str) -> list[tuple[str, 
     problems = []
     if not re.match(COMMAND_NAME, name):
         problems.append((entry, "command names are lower_snake_case"))
-    return problems + [(entry, p) for p in template_problems(template)]
+    problems += [(entry, p) for p in template_problems(template)]
+    if not problems:
+        try:
+            pattern(template)  # what the hosts' SSH gate must be able to check exactly
+        except BadAllowlist as e:
+            problems.append((entry, str(e)))
+    return problems
 
 
 PLACEHOLDER_NAME = re.compile(r"[a-z_][a-z0-9_]*")

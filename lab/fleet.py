@@ -247,7 +247,11 @@ def up(say: Say = _quiet) -> LabConfig:
 
     cfg = aws.seed(cfg)
     cfg.save()
-    write_inventory(cfg)
+    from dwops.inventory import load_inventory
+
+    hostfiles.write_gates(cfg, load_inventory(write_inventory(cfg)))
+    _stop_stale_sshds(cfg, say)  # started again below, with their new config
+    (cfg.lab_dir / "ssh" / "authorized_keys").unlink(missing_ok=True)  # the old, shared one
     for group in by_name.values():
         _start(cfg, group, say)
     if not mail.is_running(cfg):
@@ -258,6 +262,17 @@ def up(say: Say = _quiet) -> LabConfig:
     if queued < DEFERRED_MAIL:
         mail.seed_deferred(cfg, n=DEFERRED_MAIL - queued)
     return cfg
+
+
+def _stop_stale_sshds(cfg: LabConfig, say: Say) -> None:
+    """Stop each running sshd whose sshd_config changed after it started (its pidfile's time):
+    sshd reads its config only when it starts."""
+    for d in services.daemons(cfg):
+        config = cfg.host_root(d.host) / "etc" / "ssh" / "sshd_config"
+        if (d.name == "sshd" and procs.read_pid(d.pidfile)
+                and config.stat().st_mtime > d.pidfile.stat().st_mtime):
+            say(f"restarting {d.key}: its sshd_config changed")
+            procs.stop(d.pidfile, grace=d.stop_grace)
 
 
 def _start(cfg: LabConfig, group: list[services.Daemon], say: Say) -> None:
@@ -332,6 +347,7 @@ def status() -> dict:
         "inventory": str(cfg.lab_dir / "inventory.toml"),
         "known_hosts": str(ssh["known_hosts"]),
         "client_key": str(ssh["client_key"]),
+        "oracle_key": str(ssh["oracle_key"]),
         "aws_endpoint": cfg.aws_endpoint_url,
         "aws_region": cfg.aws.region,
         "aws": {k: v for k, v in cfg.aws.model_dump().items() if k != "credentials_file"},

@@ -22,8 +22,9 @@ Dropbear reads `~/.ssh/authorized_keys` of the user logging in (root) and has no
 it elsewhere. The servers therefore run in a private mount namespace (`unshare --mount
 --propagation private`) where the scaled lab's own home folder is bind-mounted on /root: the
 machine's /root is never touched, and the mount disappears with the servers. Every login runs
-`scale-shell HOST` (Dropbear's forced command): the requested command in a plain shell with the
-host's name as `hostname`.
+`scale-shell` (the forced command of both keys in that authorized_keys): for dwops's key, dwops's
+SSH gate with the scaled hosts' allowlist (`hostname`, `uptime`); for the oracle key, any command
+in a plain shell; `hostname` answers with the host's name.
 
 One supervisor process (`python -m lab.scale serve ROOT`, in its own session) starts the servers
 as its children and, on SIGTERM, stops and reaps them; `down` signals it, waits, and then kills by
@@ -45,15 +46,31 @@ NET = "127.40"            # 127.40.0.0/16: no lab host, service or test uses it
 MAX_HOSTS = 250 * 200     # 127.40.1.1 .. 127.40.200.250
 
 SCALE_SHELL = """#!/bin/sh
-# A login on a scaled lab host: the requested command in a plain shell, `hostname` answering
-# with the host's name.
-export DWOPS_LAB_HOST="$1" HOME="{home}" PATH="{bin}:/usr/local/bin:/usr/bin:/bin"
+# A login on a scaled lab host, the forced command of both keys in authorized_keys:
+#   scale-shell ALLOWLIST  dwops's key: only the commands ALLOWLIST names, through dwops's SSH gate
+#   scale-shell            the lab's oracle key: any command
+# The host's name, for `hostname`, follows from the address the client reached (see host_address).
+allowlist="$1"
+set -- $SSH_CONNECTION
+IFS=.
+set -- $3
+unset IFS
+export DWOPS_LAB_HOST="$(printf 'scale-%03d' $(( ($3 - 1) * 250 + $4 )))" HOME="{home}" \\
+    PATH="{bin}:/usr/local/bin:/usr/bin:/bin"
 cd "{home}" || exit 1
+if [ -n "$allowlist" ]; then
+    {gate}
+fi
 if [ -n "$SSH_ORIGINAL_COMMAND" ]; then
     exec /bin/sh -c "$SSH_ORIGINAL_COMMAND"
 fi
 echo "no interactive logins on a scaled lab host" >&2
 exit 1
+"""
+
+AUTHORIZED_KEYS = """# Who may log in to the scaled lab's hosts, and what each key may run (lab.scale).
+restrict,command="{shell} {allowlist}" {client_key}
+restrict,command="{shell}" {oracle_key}
 """
 
 
@@ -101,6 +118,7 @@ def prepare(count: int, root: Path | None = None, net: str = NET) -> dict:
     """Keys, known_hosts, authorized_keys, the login shell and the inventory for `count` hosts.
 
     Returns the spec the supervisor reads (also written as ROOT/spec.json)."""
+    from dwops.inventory import load_inventory
     from lab import hostfiles
     from lab.config import LabConfig
 
@@ -116,11 +134,10 @@ def prepare(count: int, root: Path | None = None, net: str = NET) -> dict:
     os.chmod(root, 0o755)
     os.chmod(home, 0o700)
     os.chmod(home / ".ssh", 0o700)
-    client_pub = Path(f"{lab_ssh['client_key']}.pub").read_text().strip()
-    _write(home / ".ssh" / "authorized_keys", client_pub + "\n", 0o600)
     _write(root / "bin" / "hostname", '#!/bin/sh\necho "$DWOPS_LAB_HOST"\n', 0o755)
     shell = root / "bin" / "scale-shell"
-    _write(shell, SCALE_SHELL.format(home=home, bin=root / "bin"), 0o755)
+    gate = hostfiles.gate_command(cfg, '"$allowlist"', str(root / "allowlist.log"))
+    _write(shell, SCALE_SHELL.format(home=home, bin=root / "bin", gate=gate), 0o755)
     (root / "keys").mkdir(exist_ok=True)
     (root / "run").mkdir(exist_ok=True)
     port = cfg.ports.ssh
@@ -139,8 +156,22 @@ def prepare(count: int, root: Path | None = None, net: str = NET) -> dict:
     spec = {"root": str(root), "home": str(home), "shell": str(shell), "hosts": hosts,
             "log": str(root / "dropbear.log")}
     _write(root / "spec.json", json.dumps(spec, indent=1), 0o644)
-    write_inventory(cfg, root, hosts)
+    write_gate(root, load_inventory(write_inventory(cfg, root, hosts)), hosts, {
+        "client_key": Path(f"{lab_ssh['client_key']}.pub").read_text().strip(),
+        "oracle_key": Path(f"{lab_ssh['oracle_key']}.pub").read_text().strip()})
     return spec
+
+
+def write_gate(root: Path, inventory, hosts: list[dict], keys: dict[str, str]) -> None:
+    """The scaled hosts' allowlist and authorized_keys: dwops's key gated by that allowlist, the
+    lab's oracle key open. They share one authorized_keys, so one allowlist (the first host's),
+    which holds every scaled host's commands: they run no service, only the fleet's reads."""
+    if len({tuple(inventory.allowed_commands(h["name"]).items()) for h in hosts}) != 1:
+        raise RuntimeError("the scaled hosts allow different commands; they share one allowlist")
+    allowlist = root / "allowlist"
+    _write(allowlist, inventory.allowlist(hosts[0]["name"]), 0o644)
+    _write(root / "home" / ".ssh" / "authorized_keys", AUTHORIZED_KEYS.format(
+        shell=root / "bin" / "scale-shell", allowlist=allowlist, **keys), 0o600)
 
 
 def write_inventory(cfg, root: Path, hosts: list[dict]) -> Path:
@@ -214,8 +245,7 @@ def serve(root: Path) -> int:
             children.append(subprocess.Popen(
                 ["dropbear", "-F", "-E", "-s", "-j", "-k", "-m", "-T", "3",
                  "-p", f"{h['address']}:{h['port']}", "-r", h["key"], "-r", h["rsa_key"],
-                 "-P", h["pidfile"],
-                 "-c", f"{spec['shell']} {h['name']}"],
+                 "-P", h["pidfile"]],
                 stdin=null, stdout=log, stderr=log, close_fds=True))
     _write(root / "pids.json", json.dumps([c.pid for c in children]), 0o644)
     while not stopping:

@@ -69,6 +69,19 @@ def lab_inventory(lab: LabConfig) -> Inventory:
 
 
 @pytest.fixture(scope="session")
+def oracle_inventory(lab_inventory: Inventory, lab: LabConfig) -> Inventory:
+    """The lab's inventory with the lab's oracle key in place of dwops's: any command on any host,
+    for tests that read or change a host by hand (dwops's own key runs only the host's
+    allowlist)."""
+    from dwops.inventory import SecretRef
+    from lab.hostfiles import ssh_paths
+
+    ssh = lab_inventory.ssh.model_copy(
+        update={"client_key": SecretRef(file=str(ssh_paths(lab)["oracle_key"]))})
+    return lab_inventory.model_copy(update={"ssh": ssh})
+
+
+@pytest.fixture(scope="session")
 def prefect_api(tmp_path_factory: pytest.TempPathFactory):
     """A real Prefect server for this test session, on loopback, with its own database.
 

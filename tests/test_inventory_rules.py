@@ -53,6 +53,10 @@ ENTRY = "hosts.va-admin01.commands.restart_webs"
     ("bin/restart-webs {delay", "unmatched '{'"),
     ("bin/restart-webs delay}", "unmatched '}'"),
     ("bin/restart-webs '{delay} ", "unterminated ' quote"),
+    # Quotes elsewhere in a template with placeholders: the hosts' SSH gate could not check
+    # such a command exactly (dwops/allowlist.py), so they are refused too.
+    ("awk '{{print $1}}' {delay}", "has placeholders and quotes"),
+    ('echo \\"it\'s\\" {delay}', "has placeholders and quotes"),
 ])
 def test_a_template_with_anything_but_bare_placeholders_is_refused_at_load(
         tmp_path: Path, template: str, why: str) -> None:
@@ -65,8 +69,7 @@ def test_a_template_with_anything_but_bare_placeholders_is_refused_at_load(
     ("bin/restart-webs {delay}", {"delay": "5; reboot"}, "bin/restart-webs '5; reboot'"),
     ("bin/restart-webs {delay} --then {delay}", {"delay": 0},
      "bin/restart-webs 0 --then 0"),
-    ("awk '{{print $1}}' {delay}", {"delay": "$(id)"}, "awk '{print $1}' '$(id)'"),
-    ('echo \\"it\'s\\" {delay}', {"delay": "x'y"}, "echo \"it's\" 'x'\"'\"'y'"),
+    ("bin/tool {{literal}} {delay}", {"delay": "$(id)"}, "bin/tool {literal} '$(id)'"),
 ])
 def test_bare_placeholders_and_literal_braces_load_and_fill_quoted(
         tmp_path: Path, template: str, values: dict, command: str) -> None:

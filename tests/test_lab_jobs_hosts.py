@@ -109,14 +109,16 @@ def test_ddlockd_raw_protocol(lab: LabConfig):
     assert status.startswith("STATUS: OK\nSUCCESSES: ")
 
 
-def test_restart_ddlockd_only_starts_a_daemon_that_is_down(lab: LabConfig, lab_inventory: Inventory):
+def test_restart_ddlockd_only_starts_a_daemon_that_is_down(lab: LabConfig, lab_inventory: Inventory,
+                                                           oracle_inventory: Inventory):
     jobs01, jobs02 = (h.name for h in jobs_hosts(lab))
     pid01 = _status_pid(lab_inventory, jobs01, "ddlockd")
 
     async def go():
-        async with SshPool(lab_inventory) as pool:
-            # Stop jobs02's ddlockd by hand (as a crash would), then the admin tool.
-            stop = await pool.connection(jobs02)
+        async with SshPool(lab_inventory) as pool, SshPool(oracle_inventory) as by_hand:
+            # Stop jobs02's ddlockd by hand (as a crash would; no inventory command stops it:
+            # the oracle key), then the admin tool.
+            stop = await by_hand.connection(jobs02)
             await stop.run("etc/init.d/ddlockd stop", check=True)
             refused = await stop.run("etc/init.d/ddlockd restart")
             down = await pool.run(jobs02, "ddlockd.status")

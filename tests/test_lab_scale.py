@@ -130,3 +130,36 @@ def test_only_the_labs_client_key_logs_in(scaled, tmp_path: Path):
         capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     assert "load average" in out.stdout
+
+
+def test_dwops_key_runs_only_the_allowlist_on_the_scaled_hosts(scaled, lab: LabConfig):
+    """Dropbear enforces the same gate: dwops's key runs `hostname` and `uptime` (the fan-out
+    benchmark's command) and nothing else; the lab's oracle key runs anything."""
+    from dwops.allowlist import REFUSED
+    from lab.hostfiles import ssh_paths
+
+    root, inv = scaled
+    hosts = inv.hosts_with_role("scale")
+    oracle = _with(inv, client_key=SecretRef(file=str(ssh_paths(lab)["oracle_key"])))
+
+    async def go(i: Inventory, commands: list[str]) -> dict:
+        async with SshPool(i) as pool:
+            async def one(host: str) -> list:
+                conn = await pool.connection(host)
+                return [await conn.run(c, check=False, timeout=30) for c in commands]
+            return dict(zip(hosts, await asyncio.gather(*(one(h) for h in hosts))))
+
+    probes = ["id", "cat /etc/passwd", "uptime; id", "uptime && id", "hostname $(id)", ""]
+    logged = len((root / "allowlist.log").read_text())  # earlier tests logged in too
+    for host, results in asyncio.run(go(inv, ["uptime", "hostname", *probes])).items():
+        up, name, *refused = results
+        assert up.exit_status == 0 and "load average" in up.stdout, (host, up.stderr)
+        assert name.stdout.strip() == host
+        for probe, r in zip(probes, refused):
+            assert r.exit_status == REFUSED and r.stdout == "", (host, probe, r.stdout)
+            assert "dwops allowlist: refused" in r.stderr, (host, probe, r.stderr)
+    log = (root / "allowlist.log").read_text()[logged:]
+    assert log.count(" refused ") == len(hosts) * len(probes)
+    assert log.count(" allowed ") == len(hosts) * 2
+    for host, (r,) in asyncio.run(go(oracle, ["id -u"])).items():
+        assert r.exit_status == 0 and r.stdout.strip() == "0", (host, r.stderr)

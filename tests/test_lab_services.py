@@ -51,7 +51,7 @@ def test_lab_status_json_shows_every_host_and_service_up(lab: LabConfig):
     for s in st["services"]:
         if s["address"]:
             assert s["address"].startswith("127.")
-    for key in ("inventory", "known_hosts", "client_key"):
+    for key in ("inventory", "known_hosts", "client_key", "oracle_key"):
         assert Path(st[key]).exists()
     assert st["aws_endpoint"].startswith("http://127.")
     assert st["database"]["dsn"].startswith("mysql://")

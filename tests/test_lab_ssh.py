@@ -32,9 +32,9 @@ def test_every_host_answers_as_itself_in_its_own_root(lab_inventory: Inventory, 
         assert r.exit_status == 0 and r.stdout.strip() == host
 
 
-def test_commands_run_in_the_hosts_root_folder(lab_inventory: Inventory, lab: LabConfig):
+def test_commands_run_in_the_hosts_root_folder(oracle_inventory: Inventory, lab: LabConfig):
     async def go():
-        async with SshPool(lab_inventory) as pool:
+        async with SshPool(oracle_inventory) as pool:  # any command: the lab's oracle key
             conn = await pool.connection("dfw-admin01")
             return await conn.run("pwd; ls bin", check=True)
 
