@@ -25,6 +25,7 @@ from typing import Iterator
 
 import pymysql
 import pytest
+from _paused import answer_when_paused
 
 from flows.restart_workers import (importers_are_held, importers_are_idle, schwartz_queue_is_draining,
                                    what_is_lost, busy_imports, workers_came_back)
@@ -367,7 +368,8 @@ def test_unapproved_emergency_pauses_and_a_rejection_changes_nothing(
     try:
         before, counted = snapshot(lab), interrupted(lab)
         proc = dwops_run(FLOW, "emergency=true", *QUICK, background=True)
-        flow_run = asyncio.run(reject_when_paused(prefect_api, proc))
+        flow_run = asyncio.run(answer_when_paused(prefect_api, proc, FLOW, approve=False))
+        assert flow_run.parameters["params"]["emergency"] is True
         out, err = proc.communicate(timeout=60)
         report = dwops_run.report(out)
         assert proc.returncode == 1, err[-2000:]
@@ -391,35 +393,6 @@ def test_unapproved_emergency_pauses_and_a_rejection_changes_nothing(
             proc.kill()
             proc.communicate()
         query(conn, "DELETE FROM job WHERE jobid = %s", (jobid,))
-
-
-async def reject_when_paused(api: str, proc: subprocess.Popen) -> str:
-    """Wait until the background run is Paused (read from the Prefect API), then reject it."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import (FlowFilter, FlowFilterName, FlowRunFilter,
-                                                FlowRunFilterState, FlowRunFilterStateType)
-    from prefect.client.schemas.objects import StateType
-    from prefect.flow_runs import resume_flow_run
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    with temporary_settings(updates={PREFECT_API_URL: api}):
-        async with get_client() as client:
-            deadline = time.monotonic() + 60
-            while True:
-                assert proc.poll() is None, f"the run ended before pausing: {proc.communicate()}"
-                paused = await client.read_flow_runs(
-                    flow_filter=FlowFilter(name=FlowFilterName(any_=[FLOW])),
-                    flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
-                        type=FlowRunFilterStateType(any_=[StateType.PAUSED]))))
-                if paused:
-                    break
-                assert time.monotonic() < deadline, "the emergency run never paused"
-                await asyncio.sleep(0.5)
-            assert len(paused) == 1, paused
-            run = paused[0]
-            assert run.parameters["params"]["emergency"] is True
-            await resume_flow_run(run.id, run_input={"approve": False})
-            return str(run.id)
 
 
 def test_waits_for_a_short_import_then_restarts_and_interrupts_nothing(
