@@ -29,7 +29,6 @@ import asyncio
 import json
 import os
 import re
-import time
 from base64 import b64encode
 from dataclasses import dataclass
 from pathlib import Path
@@ -432,15 +431,12 @@ async def _upstream_failed(request: Request, exc: Exception) -> Response:
 def create_app(config: Config) -> Starlette:
     gateway = Gateway(config)
     methods = ["GET", "POST", "PATCH", "PUT", "DELETE"]
-    app = Starlette(routes=[
+    return Starlette(routes=[
         Route("/_authz", gateway.authz, methods=["GET"]),
         Route("/_gateway", gateway.forward, methods=methods),
         WebSocketRoute("/_ws", gateway.relay),
     ], exception_handlers={httpx.HTTPStatusError: _upstream_failed,
                            httpx.TransportError: _upstream_failed})
-    app.state.gateway = gateway
-    app.state.started = time.time()
-    return app
 
 
 def main() -> None:
